@@ -1,0 +1,595 @@
+"""The mini world's text: entities, a templated instruction corpus and its eval items.
+
+Everything is a pure function of ``seed`` (``random.Random`` seeded with strings, lists
+sorted before sampling, so ``PYTHONHASHSEED`` never matters). Nothing here loads a model.
+
+What it holds:
+- **Entities**: people with a car colour, a home city, a pet, a job and a favourite fruit.
+- **Sentences** (all already normalised transcripts: lowercase letters, apostrophes, spaces;
+  numbers spelled out, "seven plus twelve"): fact and arithmetic questions, true/false fact
+  statements, scene descriptions, commands and open questions. Many thousands are distinct,
+  so an encoder aligned on them cannot pass by memorising a few answers.
+- **LM dialogs** (Llama-2 chat messages) teaching the mini LM to answer, repeat, rephrase,
+  summarise, translate EN->FR and follow up on an earlier answer.
+- **Eval items** held out from all training text: spoken QA, translation, multi-turn.
+
+Replies and the ``reply_style`` hypothesis. A probe whose replies were bare answers (2.7
+tokens, "nineteen") aligned audio that memorised training questions (100%) but failed
+held-out ones (33%): the target says almost nothing about the utterance. With
+``reply_style="restate"`` (default) every reply carries the utterance's content, like a real
+chat LLM: questions are restated then answered ("seven plus twelve is nineteen."),
+statements echoed or corrected, commands acknowledged by restating them. ``"short"`` gives
+the bare-answer control ("nineteen.", "ok."). Translation, repetition, rephrasing and
+summaries are the same in both styles (their output already carries the content).
+
+Held-out split: a fraction of (person, attribute) pairs and of arithmetic combinations are
+never *asked about* in training text (the facts themselves are taught through statements and
+summaries), so held-out QA needs new question instances, not recall.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import re
+import unicodedata
+from typing import Mapping
+
+TRANSCRIPT_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # = text/char_vocab.ENGLISH_CHARS
+REPLY_STYLES = ("restate", "short")
+
+# ----------------------------------------------------------------------------- numbers
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """0 <= n < 1000 spelled the way espeak reads it and CTC can spell it: "twenty one"."""
+    if not 0 <= n < 1000:
+        raise ValueError(f"number_words supports 0..999, got {n}")
+    if n >= 100:
+        rest = n % 100
+        return f"{_UNITS[n // 100]} hundred" + (f" {number_words(rest)}" if rest else "")
+    if n < 20:
+        return _UNITS[n]
+    return _TENS[n // 10] + (f" {_UNITS[n % 10]}" if n % 10 else "")
+
+
+def parse_numbers(words: list[str]) -> list[tuple[int, int, int]]:
+    """Maximal spelled-out numbers in ``words`` as (start, end, value), left to right."""
+    out, i = [], 0
+    while i < len(words):
+        j, value = i, None
+        if words[j] in _UNITS:
+            value, j = _UNITS.index(words[j]), j + 1
+            if j < len(words) and words[j] == "hundred" and value > 0:
+                value, j = value * 100, j + 1
+        if (value is None or value >= 100) and j < len(words) and words[j] in _TENS[2:]:
+            value, j = (value or 0) + 10 * _TENS.index(words[j]), j + 1
+            if j < len(words) and words[j] in _UNITS[1:10]:
+                value, j = value + _UNITS.index(words[j]), j + 1
+        elif value is not None and value >= 100 and j < len(words) and words[j] in _UNITS[1:]:
+            value, j = value + _UNITS.index(words[j]), j + 1
+        if value is None:
+            i += 1
+        else:
+            out.append((i, j, value))
+            i = j
+    return out
+
+
+def normalize_transcript(text: str) -> str:
+    """Any text -> the transcript alphabet (lowercase a-z, apostrophe, single spaces).
+
+    Accents are stripped (é -> e), digits spelled out (12 -> twelve), hyphens and other
+    punctuation become spaces, apostrophes survive only inside words ("alice's")."""
+    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'"))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()) % 1000)} ", text)
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)
+    return " ".join(text.split())
+
+
+# ----------------------------------------------------------------------------- entities
+NAMES = ("alice bob carol david emma frank grace henry isla jack kate leo mia noah olivia "
+         "paul rose sam tina victor wendy oscar lucy max nina peter ruby simon laura tom "
+         "hannah ben").split()
+ATTRIBUTES = {  # values, questions, canonical fact, statement forms, pronoun follow-up
+    "car": (("red", "blue", "green", "black", "white", "yellow", "brown", "pink"),
+            ("what colour is {n}'s car", "what colour is the car of {n}",
+             "which colour does {n}'s car have"),
+            "{n}'s car is {v}", ("{n} has a {v} car", "{n}'s car is {v}"),
+            "and what colour is their car"),
+    "city": (("paris", "london", "rome", "berlin", "madrid", "vienna", "dublin", "oslo",
+              "lisbon", "prague"),
+             ("where does {n} live", "in which city does {n} live", "what city does {n} live in"),
+             "{n} lives in {v}", ("{n} lives in {v}", "{n}'s home is in {v}"),
+             "and where do they live"),
+    "pet": (("cat", "dog", "rabbit", "horse", "parrot", "goat", "mouse", "duck", "pig", "turtle"),
+            ("what pet does {n} have", "which animal does {n} keep",
+             "what kind of pet does {n} own"),
+            "{n} has a {v}", ("{n} has a {v}", "{n}'s pet is a {v}"), "and what pet do they have"),
+    "job": (("baker", "doctor", "teacher", "farmer", "pilot", "singer", "painter", "driver",
+             "nurse", "writer"),
+            ("what is {n}'s job", "what does {n} do for a living", "what job does {n} have"),
+            "{n} works as a {v}", ("{n} works as a {v}", "{n} is a {v}"),
+            "and what is their job"),
+    "fruit": (("apples", "bananas", "grapes", "cherries", "lemons", "pears", "plums", "melons"),
+              ("what fruit does {n} like", "which fruit does {n} like best",
+               "what does {n} like to eat"),
+              "{n} likes {v}", ("{n} likes {v}", "{n} loves to eat {v}"),
+              "and what fruit do they like"),
+}
+ANSWER_VALUES = {a: spec[0] for a, spec in ATTRIBUTES.items()}
+
+# ----------------------------------------------------------------------------- arithmetic
+OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+ARITH_QUESTIONS = ("what is {e}", "how much is {e}", "can you tell me what {e} is")
+
+
+def _arith_key(a, op, b):
+    """Held-out unit: commutative combos are held out together (7+12 with 12+7)."""
+    return (op, min(a, b), max(a, b)) if op != "minus" else (op, a, b)
+
+
+# ----------------------------------------------------------------------------- scene + lexicon
+# English -> French. Nouns carry gender; adjectives (masc, fem) and whether they precede the
+# noun in French. Every English word a translation template can produce is in LEXICON.
+NOUNS = {"cat": ("chat", "m"), "dog": ("chien", "m"), "bird": ("oiseau", "m"),
+         "horse": ("cheval", "m"), "mouse": ("souris", "f"), "ball": ("balle", "f"),
+         "cup": ("tasse", "f"), "box": ("boîte", "f"), "book": ("livre", "m"),
+         "hat": ("chapeau", "m"), "chair": ("chaise", "f"), "duck": ("canard", "m")}
+PLACES = {"table": ("table", "f"), "door": ("porte", "f"), "tree": ("arbre", "m"),
+          "house": ("maison", "f"), "bed": ("lit", "m"), "window": ("fenêtre", "f"),
+          "bridge": ("pont", "m")}
+COLOURS = {"red": ("rouge", "rouge"), "blue": ("bleu", "bleue"), "green": ("vert", "verte"),
+           "black": ("noir", "noire"), "white": ("blanc", "blanche"),
+           "yellow": ("jaune", "jaune"), "brown": ("marron", "marron"), "pink": ("rose", "rose")}
+SIZES = {"small": ("petit", "petite"), "big": ("grand", "grande")}  # before the noun in French
+VERBS = {"sleeps": "dort", "waits": "attend", "plays": "joue", "runs": "court",
+         "jumps": "saute", "sings": "chante", "hides": "se cache", "eats": "mange"}
+PREPS = {"under": "sous", "behind": "derrière", "on": "sur", "in front of": "devant"}
+FUNCTION_WORDS = {"the": "le/la", "a": "un/une", "is": "est", "has": "a", "i": "je",
+                  "see": "vois"}
+LEXICON = {**{k: v[0] for k, v in NOUNS.items()}, **{k: v[0] for k, v in PLACES.items()},
+           **{k: v[0] for k, v in COLOURS.items()}, **{k: v[0] for k, v in SIZES.items()},
+           **VERBS, **PREPS, **FUNCTION_WORDS}
+
+
+def _np(noun, size=None, colour=None, table=NOUNS):
+    """English noun phrase (without article) and its French (with definite article)."""
+    fr, g = table[noun]
+    words = [SIZES[size][g == "f"]] if size else []
+    words += [fr] + ([COLOURS[colour][g == "f"]] if colour else [])
+    art = "l'" if words[0][0] in "aeiouh" else ("la " if g == "f" else "le ")
+    en = " ".join(w for w in (size, colour, noun) if w)
+    return en, art + " ".join(words)
+
+
+def _translation_template(kind, rng_item):
+    """One EN sentence + its French for a translation-template instance tuple."""
+    if kind == "is_adj":  # the cat is red -> le chat est rouge
+        noun, adj = rng_item
+        en, fr = _np(noun)
+        g = NOUNS[noun][1]
+        fr_adj = (COLOURS.get(adj) or SIZES[adj])[g == "f"]
+        return f"the {en} is {adj}", f"{fr} est {fr_adj}"
+    if kind == "has":  # alice has a red cup -> alice a une tasse rouge
+        name, colour, noun = rng_item
+        fr, g = NOUNS[noun]
+        art = "une" if g == "f" else "un"
+        return f"{name} has a {colour} {noun}", f"{name} a {art} {fr} {COLOURS[colour][g == 'f']}"
+    if kind == "see":  # i see the small dog -> je vois le petit chien
+        size, noun = rng_item
+        en, fr = _np(noun, size=size)
+        return f"i see the {en}", f"je vois {fr}"
+    # scene description: the small red dog sleeps under the table
+    size, colour, noun, verb, prep, place = rng_item
+    en, fr = _np(noun, size, colour)
+    pen, pfr = _np(place, table=PLACES)
+    return f"the {en} {verb} {prep} the {pen}", f"{fr} {VERBS[verb]} {PREPS[prep]} {pfr}"
+
+
+_OPT = lambda d: (None, *sorted(d))  # noqa: E731  (an optional slot: absent or any value)
+
+
+# ----------------------------------------------------------------------------- data types
+@dataclasses.dataclass(frozen=True)
+class Entity:
+    name: str
+    facts: Mapping[str, str]  # attribute -> value
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialog:
+    """One LM training example: ``encode_dialog(tok, messages, system)``."""
+    task: str
+    messages: tuple  # ({"role": "user"|"assistant", "content": str}, ...)
+    system: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QAItem:
+    question: str       # a normalised transcript (what is spoken)
+    answer: str         # gold answer phrase
+    answer_type: str    # "number" or an ATTRIBUTES key
+    kind: str           # "arithmetic" | "fact"
+
+    def is_correct(self, reply: str) -> bool:
+        return answer_in_reply(reply, self.answer, self.answer_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationItem:
+    en: str  # spoken English (normalised transcript)
+    fr: str  # French reference
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTurnItem:
+    question: str      # first turn, spoken
+    first_answer: str  # its gold answer
+    followup: str      # second turn, typed text; needs the first turn
+    answer: str        # gold answer of the follow-up
+    answer_type: str
+
+    def is_correct(self, reply: str) -> bool:
+        return answer_in_reply(reply, self.answer, self.answer_type)
+
+
+def answer_in_reply(reply: str, answer: str, answer_type: str) -> bool:
+    """Whether the reply's final answer is ``answer``.
+
+    Both reply styles put the answer last ("seven minus zero is seven." / "seven."), and a
+    restated question can itself contain the answer word ("*seven* minus zero"), so we take
+    the LAST value of the answer's type in the reply (the last whole spelled-out number, or
+    the last colour/city/... word) and compare it with the gold answer."""
+    words = normalize_transcript(reply).split()
+    if answer_type == "number":
+        found = parse_numbers(words)
+        gold = parse_numbers(normalize_transcript(answer).split())
+        return bool(found) and len(gold) == 1 and found[-1][2] == gold[0][2]
+    if answer_type not in ANSWER_VALUES:
+        raise ValueError(f"unknown answer_type {answer_type!r}; use 'number' or one of "
+                         f"{sorted(ANSWER_VALUES)}")
+    found = [w for w in words if w in ANSWER_VALUES[answer_type]]
+    return bool(found) and found[-1] == normalize_transcript(answer)
+
+
+# ----------------------------------------------------------------------------- the world
+# Share of each sentence kind in the ASR/alignment training set (fact questions and
+# statements are capped by how many distinct ones exist; descriptions fill any gap).
+ASR_MIX = {"fact_question": 0.05, "fact_statement": 0.08, "arith_question": 0.25,
+           "description": 0.35, "command": 0.15, "open_question": 0.12}
+# Share of each task among the LM training dialogs.
+LM_TASKS = {"fact_qa": 0.14, "arithmetic": 0.14, "statement": 0.08, "profile": 0.05,
+            "respond": 0.17, "repeat": 0.06, "rephrase": 0.06, "translate": 0.15,
+            "multi_turn": 0.15}
+_SWAP = {"me": "you", "my": "your"}
+_PREDICATE = {"car": "has a {v} car", "city": "lives in {v}", "pet": "has a {v}",
+              "job": "works as a {v}", "fruit": "likes {v}"}
+
+
+class MiniWorld:
+    """The mini world, generated from ``seed``.
+
+    Args:
+      seed: everything below is a function of it.
+      n_entities: people (at most len(NAMES)).
+      heldout_fraction: share of (person, attribute) pairs and of arithmetic combinations
+        that are never asked about in training text.
+      reply_style: "restate" (replies carry the utterance's content) or "short".
+      system_prompt: system prompt of every dialog (None: no system block).
+      n_asr_train, n_asr_test: distinct ASR sentences for training / ASR testing.
+      n_lm_dialogs: LM training dialogs.
+      n_eval: items per eval family (QA, translation, multi-turn).
+    """
+
+    def __init__(self, seed: int = 0, n_entities: int = 24, heldout_fraction: float = 0.25,
+                 reply_style: str = "restate", system_prompt: str | None = None,
+                 n_asr_train: int = 6000, n_asr_test: int = 600, n_lm_dialogs: int = 12000,
+                 n_eval: int = 200):
+        if reply_style not in REPLY_STYLES:
+            raise ValueError(f"reply_style={reply_style!r}: use one of {REPLY_STYLES}.")
+        if not 1 <= n_entities <= len(NAMES):
+            raise ValueError(f"n_entities={n_entities}: use 1..{len(NAMES)} (names in NAMES).")
+        if not 0 < heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction={heldout_fraction}: use a value in (0, 1).")
+        self.seed, self.reply_style, self.system_prompt = seed, reply_style, system_prompt
+        self.n_lm_dialogs, self.n_eval = n_lm_dialogs, n_eval
+        rng = random.Random(f"mini-world/{seed}/entities")
+        names = sorted(rng.sample(NAMES, n_entities))
+        self.entities = tuple(Entity(n, {a: rng.choice(v[0]) for a, v in ATTRIBUTES.items()})
+                              for n in names)
+        self.facts = {(e.name, a): v for e in self.entities for a, v in e.facts.items()}
+        # Held-out pairs: at most two attributes per person, so every person keeps questions.
+        pairs = sorted(self.facts)
+        rng.shuffle(pairs)
+        want, per_name, self.heldout_pairs = round(heldout_fraction * len(pairs)), {}, set()
+        for n, a in pairs:
+            if len(self.heldout_pairs) < want and per_name.get(n, 0) < 2:
+                self.heldout_pairs.add((n, a))
+                per_name[n] = per_name.get(n, 0) + 1
+        keys = sorted({_arith_key(a, op, b) for op, a, b in self._arith_combos()})
+        rng.shuffle(keys)
+        self.heldout_arith = set(keys[:round(heldout_fraction * len(keys))])
+        self._replies: dict[str, str] = {}
+        self._qa: dict[str, QAItem] = {}
+        self._build(n_asr_train, n_asr_test)
+
+    # -- sentence generators: each returns [(text, restate_reply, short_reply)] ----------------
+    @staticmethod
+    def _arith_combos():
+        return ([("plus", a, b) for a in range(21) for b in range(21)]
+                + [("minus", a, b) for a in range(21) for b in range(a + 1)]
+                + [("times", a, b) for a in range(11) for b in range(11)])
+
+    def _say(self, text, restate, short, qa=None):
+        self._replies[text] = restate if self.reply_style == "restate" else short
+        if qa is not None:
+            self._qa[text] = qa
+        return text
+
+    def _fact(self, n, a):
+        return ATTRIBUTES[a][2].format(n=n, v=self.facts[(n, a)])
+
+    def _build(self, n_asr_train, n_asr_test):
+        rng = random.Random(f"mini-world/{self.seed}/sentences")
+        pools = {k: [] for k in ASR_MIX}
+        self.fact_questions = {"train": [], "heldout": []}
+        for (n, a), v in sorted(self.facts.items()):
+            split = "heldout" if (n, a) in self.heldout_pairs else "train"
+            for q in ATTRIBUTES[a][1]:
+                t = self._say(q.format(n=n), self._fact(n, a) + ".", v + ".",
+                              QAItem(q.format(n=n), v, a, "fact"))
+                self.fact_questions[split].append(t)
+            for form in ATTRIBUTES[a][3]:  # true and false statements (facts are taught here)
+                pools["fact_statement"].append(self._say(form.format(n=n, v=v),
+                                                         f"yes, {self._fact(n, a)}.", "yes."))
+                for w in rng.sample([x for x in ATTRIBUTES[a][0] if x != v], 2):
+                    pools["fact_statement"].append(self._say(form.format(n=n, v=w),
+                                                             f"no, {self._fact(n, a)}.", "no."))
+        pools["fact_question"] = self.fact_questions["train"]
+        self.arith_questions = {"train": [], "heldout": []}
+        for op, a, b in self._arith_combos():
+            e, r = f"{number_words(a)} {op} {number_words(b)}", number_words(OPS[op](a, b))
+            split = "heldout" if _arith_key(a, op, b) in self.heldout_arith else "train"
+            for q in ARITH_QUESTIONS:
+                self.arith_questions[split].append(self._say(
+                    q.format(e=e), f"{e} is {r}.", f"{r}.",
+                    QAItem(q.format(e=e), r, "number", "arithmetic")))
+        pools["arith_question"] = self.arith_questions["train"]
+        # Scene sentences: descriptions (also translated), commands, open questions.
+        self.french = {}
+        for item in itertools.product(_OPT(SIZES), _OPT(COLOURS), sorted(NOUNS), sorted(VERBS),
+                                      sorted(PREPS), sorted(PLACES)):
+            en, fr = _translation_template("scene", item)
+            self.french[en] = fr
+            pools["description"].append(self._say(en, f"ok, {en}.", "ok."))
+        templates = [("is_adj", itertools.product(sorted(NOUNS), sorted(COLOURS) + sorted(SIZES))),
+                     ("has", itertools.product([e.name for e in self.entities], sorted(COLOURS),
+                                               sorted(NOUNS))),
+                     ("see", itertools.product(_OPT(SIZES), sorted(NOUNS)))]
+        other_translations = []
+        for kind, items in templates:
+            for item in items:
+                en, fr = _translation_template(kind, item)
+                self.french[en] = fr
+                other_translations.append(en)
+        things = [_np(n, s, c)[0] for s, c, n in itertools.product(_OPT(SIZES), _OPT(COLOURS),
+                                                                  sorted(NOUNS))]
+        for p, pl in itertools.product(sorted(PREPS), sorted(PLACES)):
+            for c in sorted(COLOURS):
+                t = f"please put the {c} cup {p} the {pl}"
+                pools["command"].append(self._say(t, f"ok, i will put the {c} cup {p} the {pl}.",
+                                                  "ok."))
+            pools["open_question"].append(self._say(
+                f"what is {p} the {pl}", f"you asked what is {p} the {pl}. i do not know.",
+                "i do not know."))
+        for th in things:
+            for verb in ("bring me", "find", "show me", "clean", "hide"):
+                t = f"please {verb} the {th}"
+                said = " ".join(_SWAP.get(w, w) for w in f"{verb} the {th}".split())
+                pools["command"].append(self._say(t, f"ok, i will {said}.", "ok."))
+            pools["open_question"].append(self._say(
+                f"where is the {th}", f"you asked where the {th} is. i do not know.",
+                "i do not know."))
+            for p, pl in itertools.product(sorted(PREPS), sorted(PLACES)):
+                pools["open_question"].append(self._say(
+                    f"why is the {th} {p} the {pl}",
+                    f"you asked why the {th} is {p} the {pl}. i do not know.", "i do not know."))
+        # Split: eval translations and ASR test sentences are drawn first and never trained on.
+        for k in pools:
+            pools[k] = sorted(set(pools[k]))
+            rng.shuffle(pools[k])
+        rng.shuffle(other_translations)
+        half = self.n_eval // 2
+        self.translation_eval = ([TranslationItem(t, self.french[t])
+                                  for t in pools["description"][:half]]
+                                 + [TranslationItem(t, self.french[t])
+                                    for t in other_translations[:self.n_eval - half]])
+        pools["description"] = pools["description"][half:]
+        self._train_translations = other_translations[self.n_eval - half:]
+        test_kinds = ("description", "command", "open_question")
+        self._asr = {"test": []}
+        for i, k in enumerate(test_kinds):
+            m = n_asr_test // len(test_kinds) + (i < n_asr_test % len(test_kinds))
+            self._asr["test"] += pools[k][:m]
+            pools[k] = pools[k][m:]
+        train = []
+        for k, share in ASR_MIX.items():
+            train += pools[k][:round(share * n_asr_train)]
+        extra = [t for t in pools["description"] if t not in set(train)]
+        train += extra[:max(0, n_asr_train - len(train))]
+        self._asr["train"] = sorted(train)
+        self._asr["test"] = sorted(self._asr["test"])
+        self._pools = pools
+
+    # -- public API -----------------------------------------------------------------------------
+    def reply(self, text: str) -> str:
+        """The gold reply (in this world's ``reply_style``) to a bare world sentence."""
+        try:
+            return self._replies[text]
+        except KeyError:
+            raise KeyError(f"{text!r} is not a sentence of this mini world (seed={self.seed}); "
+                           "replies exist for the sentences from asr_sentences() and the eval "
+                           "items, normalised with normalize_transcript().") from None
+
+    def asr_sentences(self, split: str = "train") -> list[str]:
+        """Distinct normalised transcripts to synthesise: "train" (CTC + alignment) or
+        "test" (held-out sentences for ASR error rates)."""
+        if split not in self._asr:
+            raise ValueError(f"asr_sentences split={split!r}: use 'train' or 'test'.")
+        return list(self._asr[split])
+
+    def qa_items(self, split: str = "heldout") -> list[QAItem]:
+        """Spoken QA: "heldout" questions never appear in training text; "train" ones do
+        (the gap between them measures memorisation). Half facts, half arithmetic."""
+        if split not in ("train", "heldout"):
+            raise ValueError(f"qa_items split={split!r}: use 'train' or 'heldout'.")
+        rng = random.Random(f"mini-world/{self.seed}/qa/{split}")
+        facts = sorted(self.fact_questions[split])
+        facts = rng.sample(facts, min(len(facts), self.n_eval // 2))
+        arith = rng.sample(sorted(self.arith_questions[split]), self.n_eval - len(facts))
+        return [self._qa[t] for t in facts + arith]
+
+    def translation_items(self) -> list[TranslationItem]:
+        """Held-out EN->FR pairs (spoken English, French reference); prompt the model with
+        ``TRANSLATE_INSTRUCTION``."""
+        return list(self.translation_eval)
+
+    def multiturn_items(self) -> list[MultiTurnItem]:
+        """A held-out spoken question, then a typed follow-up that needs the first turn."""
+        rng = random.Random(f"mini-world/{self.seed}/multiturn")
+        out = []
+        for t in rng.sample(sorted(self.arith_questions["heldout"]), self.n_eval // 2):
+            q, (op, c, text, r2) = self._qa[t], self._arith_followup(rng, self._qa[t].answer)
+            out.append(MultiTurnItem(t, q.answer, text, r2, "number"))
+        for t in rng.sample(sorted(self.fact_questions["heldout"]),
+                            min(self.n_eval - len(out), len(self.fact_questions["heldout"]))):
+            q = self._qa[t]
+            n = next(e.name for e in self.entities if f" {e.name} " in f" {t} ".replace("'s ", " "))
+            a2 = rng.choice([a for a in ATTRIBUTES if a != q.answer_type])
+            out.append(MultiTurnItem(t, q.answer, ATTRIBUTES[a2][4], self.facts[(n, a2)], a2))
+        return out
+
+    def eval_sentences(self) -> list[str]:
+        """Every transcript the eval speaks (QA, translation, multi-turn first turns)."""
+        texts = {q.question for s in ("train", "heldout") for q in self.qa_items(s)}
+        texts |= {t.en for t in self.translation_items()}
+        texts |= {m.question for m in self.multiturn_items()}
+        return sorted(texts)
+
+    def lm_dialogs(self) -> list[Dialog]:
+        """LM training dialogs (LM_TASKS shares), in a seeded random order."""
+        rng = random.Random(f"mini-world/{self.seed}/lm")
+        out = []
+        for task, share in LM_TASKS.items():
+            make = getattr(self, f"_dialog_{task}")
+            for _ in range(round(share * self.n_lm_dialogs)):
+                turns = make(rng)
+                msgs = tuple({"role": ("user", "assistant")[i % 2], "content": c}
+                             for i, c in enumerate(turns))
+                out.append(Dialog(task, msgs, self.system_prompt))
+        rng.shuffle(out)
+        return out
+
+    def tokenizer_corpus(self) -> list[str]:
+        """Text lines for ``train_sentencepiece``: every dialog as the chat template writes
+        it (so "[INST]" etc. get pieces), plus the system prompt."""
+        lines = [" ".join(f"[INST] {d.messages[i]['content']} [/INST] "
+                          f"{d.messages[i + 1]['content']}" for i in range(0, len(d.messages), 2))
+                 for d in self.lm_dialogs()]
+        return lines + ["<<SYS>> <</SYS>>"] + ([self.system_prompt] if self.system_prompt else [])
+
+    # -- LM tasks: each returns the alternating user/assistant contents ------------------------
+    def _dialog_fact_qa(self, rng):
+        t = rng.choice(self.fact_questions["train"])
+        return [t, self._replies[t]]
+
+    def _dialog_arithmetic(self, rng):
+        t = rng.choice(self.arith_questions["train"])
+        return [t, self._replies[t]]
+
+    def _dialog_statement(self, rng):
+        t = rng.choice(self._pools["fact_statement"])
+        return [t, self._replies[t]]
+
+    def _dialog_profile(self, rng):
+        e = rng.choice(self.entities)
+        if rng.random() < 0.5:
+            attrs = list(ATTRIBUTES)
+            text = f"tell me about {e.name}"
+        else:
+            attrs = sorted(rng.sample(list(ATTRIBUTES), 3), key=list(ATTRIBUTES).index)
+            text = "summarize: " + " and ".join(self._fact(e.name, a) for a in attrs)
+        preds = [_PREDICATE[a].format(v=e.facts[a]) for a in attrs]
+        return [text, f"{e.name} {', '.join(preds[:-1])} and {preds[-1]}."]
+
+    def _dialog_respond(self, rng):
+        t = rng.choice(self._pools[rng.choice(("description", "command", "open_question"))])
+        return [t, self._replies[t]]
+
+    def _dialog_repeat(self, rng):
+        t = rng.choice(self._asr["train"])
+        return [f"repeat: {t}", t]
+
+    def _dialog_rephrase(self, rng):
+        if rng.random() < 0.5:
+            (n, a), v = rng.choice(sorted(self.facts.items()))
+            forms = [f.format(n=n, v=v) for f in ATTRIBUTES[a][3]]
+            i = rng.randrange(2)
+            return [f"rephrase: {forms[i]}", forms[1 - i] + "."]
+        t = rng.choice(self._pools["description"])
+        prep = next(p for p in sorted(PREPS, key=len, reverse=True) if f" {p} the " in t)
+        subject, place = t.split(f" {prep} the ")
+        return [f"rephrase: {t}", f"{prep} the {place}, {subject}."]
+
+    def _dialog_translate(self, rng):
+        if rng.random() < 0.5:
+            t = rng.choice(self._pools["description"])
+        else:
+            t = rng.choice(self._train_translations)
+        return [TRANSLATE_INSTRUCTION.format(content=t), self.french[t]]
+
+    def _arith_followup(self, rng, first_answer):
+        """A follow-up on an arithmetic answer whose own combo is not held out."""
+        r1 = parse_numbers(first_answer.split())[0][2]
+        while True:
+            op, c = rng.choice(("plus", "minus", "times")), rng.randint(1, 10)
+            if op == "times" and r1 > 10 or op == "minus" and c > r1 or r1 + c > 100:
+                continue
+            if _arith_key(r1, op, c) in self.heldout_arith:
+                continue
+            r2 = number_words(OPS[op](r1, c))
+            text = rng.choice(("what is that {op} {c}", "and {op} {c}")).format(
+                op=op, c=number_words(c))
+            return op, c, text, r2
+
+    def _dialog_multi_turn(self, rng):
+        kind = rng.choice(("arith", "fact", "translate"))
+        if kind == "arith":
+            t = rng.choice(self.arith_questions["train"])
+            r1 = self._qa[t].answer
+            op, c, text, r2 = self._arith_followup(rng, r1)
+            e = f"{r1} {op} {number_words(c)}"
+            return [t, self._replies[t], text, f"{e} is {r2}." if self.reply_style == "restate"
+                    else f"{r2}."]
+        if kind == "fact":
+            t = rng.choice(self.fact_questions["train"])
+            q = self._qa[t]
+            n = next(e.name for e in self.entities if f" {e.name} " in f" {t} ".replace("'s ", " "))
+            options = [a for a in ATTRIBUTES if a != q.answer_type and (n, a) not in self.heldout_pairs]
+            if not options:
+                return [t, self._replies[t]]
+            a2 = rng.choice(options)
+            v2 = self.facts[(n, a2)]
+            return [t, self._replies[t], ATTRIBUTES[a2][4],
+                    self._fact(n, a2) + "." if self.reply_style == "restate" else v2 + "."]
+        t = rng.choice(self._pools["description"])
+        return [t, self._replies[t], "say that in french", self.french[t]]
+
+
+TRANSLATE_INSTRUCTION = "translate to french: {content}"

@@ -1,0 +1,433 @@
+"""NeMo-style conformer encoder and CTC model (Flax linen).
+
+The network is NeMo's ``ConformerEncoder`` (FastConformer settings) as re-implemented by
+transformers' ``ParakeetEncoder``; module names follow NeMo (``pre_encode``, ``layers_N``,
+``norm_feed_forward1``, ``self_attn.linear_q``, ``pos_bias_u``, ``conv.depthwise_conv``, ...)
+so checkpoint mapping (convert/conformer.py) is name-for-name.
+
+    features [batch, frames, n_mels]
+      -> ConvSubsampling: 2-D convs over (time, mel), stride 2 each, log2(factor) of them
+         ("striding": full convs; "dw_striding": first full, then depthwise + pointwise),
+         ReLU, time-padding re-zeroed after every conv; flatten (channels, mel') -> Linear
+      -> * sqrt(d_model) (xscaling)
+      -> n_layers x ConformerBlock (macaron):
+           x += 0.5 * FF(LN(x)); x += RelPosMHSA(LN(x)); x += Conv(LN(x));
+           x += 0.5 * FF(LN(x)); x = LN(x)
+      -> frames [batch, out_frames, d_model] (padded frames zeroed), out_lengths [batch]
+    ConformerCTC: + Linear(d_model -> vocab) logits; blank is the LAST class (NeMo / HF).
+
+Padding: a ``[batch, out_frames]`` mask follows the data through every step: subsampling
+re-zeroes padded time steps after each conv (bias terms would otherwise leak into the next
+conv's receptive field), attention masks padded keys and zeroes padded queries, the
+convolution module zeroes padded frames before its depthwise conv, batch-norm statistics
+use valid frames only, and the encoder output is zero past each length. So every valid
+output frame is independent of how much padding its batch carries.
+
+Variables: ``{"params": ...}`` plus ``{"batch_stats": ...}`` when ``conv_norm="batch_norm"``
+(running mean/var of the convolution module). Training with batch norm needs
+``apply(..., train=True, mutable=["batch_stats"], rngs={"dropout": rng})``;
+``conv_norm="layer_norm"`` (a NeMo FastConformer option) keeps the step free of state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiochat_jax import model_dir
+
+KIND = "conformer_ctc"
+
+_SUBSAMPLING = ("striding", "dw_striding")
+_CONV_NORMS = ("batch_norm", "layer_norm")
+_REMAT = {
+    "none": None,
+    # Recompute everything in the backward pass: least memory.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute the cheap elementwise work.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConformerConfig:
+    """Conformer encoder (+ CTC head) hyper-parameters; plain JSON-able fields.
+
+    Defaults are NeMo's ``stt_en_conformer_ctc_small`` encoder shape (d=176, 16 layers,
+    4 heads, FFN 4x, kernel 31, 4x striding subsampling) with an 80-mel front end.
+    """
+    n_mels: int = 80
+    d_model: int = 176
+    n_layers: int = 16
+    n_heads: int = 4
+    ffn_dim: int = 704
+    conv_kernel_size: int = 31
+    subsampling: str = "striding"          # "striding" | "dw_striding"
+    subsampling_factor: int = 4            # 2, 4, 8 or 16: log2(factor) stride-2 convs
+    subsampling_channels: int = 176
+    subsampling_kernel_size: int = 3
+    xscaling: bool = True                  # multiply subsampled frames by sqrt(d_model)
+    conv_norm: str = "batch_norm"          # "batch_norm" | "layer_norm"
+    use_bias: bool = True                  # attention and feed-forward biases
+    conv_bias: bool = True                 # convolution-module biases
+    vocab_size: int = 0                    # CTC classes including the blank (last); CTC only
+    dropout: float = 0.1                   # residual branches, FF hidden, subsampled input
+    attention_dropout: float = 0.1
+    norm_eps: float = 1e-5
+    dtype: str = "float32"                 # compute dtype
+    param_dtype: str = "float32"
+    remat_policy: str = "none"             # "none" | "full" | "dots"
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise ValueError(f"ConformerConfig.{field}={getattr(self, field)!r}: {why}")
+        if self.d_model % self.n_heads:
+            bad("n_heads", f"must divide d_model={self.d_model}")
+        if self.subsampling not in _SUBSAMPLING:
+            bad("subsampling", f"use one of {_SUBSAMPLING}")
+        f = self.subsampling_factor
+        if f < 2 or f & (f - 1):
+            bad("subsampling_factor", "must be a power of two >= 2 (each conv strides by 2)")
+        if self.conv_kernel_size % 2 == 0:
+            bad("conv_kernel_size", "must be odd ('same' padding)")
+        if self.conv_norm not in _CONV_NORMS:
+            bad("conv_norm", f"use one of {_CONV_NORMS}")
+        if self.remat_policy not in _REMAT:
+            bad("remat_policy", f"use one of {tuple(_REMAT)}")
+        for field in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, field))
+            except TypeError:
+                bad(field, "not a dtype name; use e.g. 'float32' or 'bfloat16'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_subsampling_convs(self) -> int:
+        return int(math.log2(self.subsampling_factor))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConformerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ConformerConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def subsampled_lengths(lengths, config: ConformerConfig):
+    """Frame counts after subsampling: each stride-2 conv maps L -> (L + 2p - k) // 2 + 1.
+
+    Works on Python ints, numpy and jax arrays (``[batch]`` int32).
+    """
+    k = config.subsampling_kernel_size
+    p = (k - 1) // 2
+    for _ in range(config.n_subsampling_convs):
+        lengths = (lengths + 2 * p - k) // 2 + 1
+    return lengths
+
+
+def relative_positions(length: int, d_model: int) -> jax.Array:
+    """Sinusoidal embeddings of relative positions ``length-1 .. -(length-1)``.
+
+    Returns ``[2 * length - 1, d_model]`` float32 with sin/cos interleaved (NeMo's
+    ``RelPositionalEncoding``: ``pe[:, 0::2] = sin``, ``pe[:, 1::2] = cos``).
+    """
+    inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
+    pos = jnp.arange(length - 1, -length, -1, dtype=jnp.float32)
+    freqs = pos[:, None] * inv_freq[None, :]
+    return jnp.stack([jnp.sin(freqs), jnp.cos(freqs)], axis=-1).reshape(2 * length - 1, d_model)
+
+
+def _kernel(names):
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+
+
+def _zeros(names):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _dtypes(cfg: ConformerConfig) -> dict:
+    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.norm_eps, scale_init=_ones(("norm",)), bias_init=_zeros(("norm",)),
+                        name=name, **_dtypes(cfg))
+
+
+class ConvSubsampling(nn.Module):
+    """Time (and mel) subsampling by ``config.subsampling_factor`` with 2-D convolutions.
+
+    Submodule names carry the index of the layer in NeMo's ``pre_encode.conv`` /
+    HF's ``subsampling.layers`` ``Sequential`` (ReLUs take the missing indices).
+    """
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, features: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """features [batch, frames, n_mels], lengths [batch] -> ([batch, frames', d_model], [batch])."""
+        cfg = self.config
+        k, c = cfg.subsampling_kernel_size, cfg.subsampling_channels
+        pad = ((k - 1) // 2,) * 2
+        x = features[..., None].astype(jnp.dtype(cfg.dtype))  # [batch, time, mel, 1] (NHWC)
+
+        def conv(x, name, *, kernel, stride, groups, c_in_name):
+            return nn.Conv(c, kernel, strides=stride, padding=(pad, pad) if kernel[0] > 1 else "VALID",
+                           feature_group_count=groups, name=name,
+                           kernel_init=_kernel(("conv_k", "conv_k", c_in_name, "conv_out")),
+                           bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+
+        def mask_time(x, lengths):
+            # Zero padded time steps so conv biases do not leak into the next receptive field.
+            valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+            return jnp.where(valid[:, :, None, None], x, 0)
+
+        idx = 0
+        for i in range(cfg.n_subsampling_convs):
+            lengths = (lengths + sum(pad) - k) // 2 + 1
+            if i == 0 or cfg.subsampling == "striding":
+                x = conv(x, f"conv_{idx}", kernel=(k, k), stride=(2, 2), groups=1, c_in_name="conv_in")
+                x = mask_time(x, lengths)
+                idx += 1
+            else:  # depthwise stride-2 conv, then pointwise channel mixing
+                x = conv(x, f"conv_{idx}", kernel=(k, k), stride=(2, 2), groups=c, c_in_name="conv_in")
+                x = mask_time(x, lengths)
+                x = conv(x, f"conv_{idx + 1}", kernel=(1, 1), stride=(1, 1), groups=1, c_in_name="conv_in")
+                x = mask_time(x, lengths)
+                idx += 2
+            x = nn.relu(x)
+            idx += 1  # the ReLU's slot in the reference Sequential
+        b, t, f, ch = x.shape
+        # Flatten channel-major (torch's [batch, time, channels, mel'] order) so the Linear's
+        # input layout is the checkpoints' one.
+        x = x.transpose(0, 1, 3, 2).reshape(b, t, ch * f)
+        x = nn.Dense(cfg.d_model, name="out", kernel_init=_kernel(("conv_out", "embed")),
+                     bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+        return x, lengths
+
+
+class FeedForward(nn.Module):
+    """Linear -> Swish -> dropout -> Linear. [batch, length, d_model] -> same."""
+    config: ConformerConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        x = nn.Dense(cfg.ffn_dim, use_bias=cfg.use_bias, name="linear1", kernel_init=_kernel(("embed", "mlp")),
+                     bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
+        x = nn.with_logical_constraint(nn.swish(x), ("batch", "length", "act_mlp"))
+        x = nn.Dropout(cfg.dropout)(x, deterministic=self.deterministic)
+        return nn.Dense(cfg.d_model, use_bias=cfg.use_bias, name="linear2", kernel_init=_kernel(("mlp", "embed")),
+                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+
+
+def _rel_shift(scores: jax.Array) -> jax.Array:
+    """Transformer-XL shift: [..., T, 2T-1] scores by relative-position index -> [..., T, T].
+
+    Row i of the input scores positions ``T-1 .. -(T-1)``; output [i, j] is the score of
+    relative position ``i - j`` (pad one column, re-read the buffer with rows of T).
+    """
+    *lead, t, p = scores.shape
+    scores = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])
+    scores = scores.reshape(*lead, p + 1, t)[..., 1:, :].reshape(*lead, t, p)
+    return scores[..., :t]
+
+
+class RelPositionSelfAttention(nn.Module):
+    """Multi-head self-attention with Transformer-XL relative positions (pos_bias_u / v).
+
+    score[i, j] = ((q_i + u) . k_j + (q_i + v) . W_pos p_{i-j}) / sqrt(head_dim)
+    """
+    config: ConformerConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pos: jax.Array, mask: jax.Array) -> jax.Array:
+        """x [batch, T, d_model], pos [2T-1, d_model], mask [batch, T] bool -> [batch, T, d_model]."""
+        cfg = self.config
+        h, dk = cfg.n_heads, cfg.head_dim
+
+        def proj(name, inp, bias=cfg.use_bias):
+            return nn.DenseGeneral((h, dk), use_bias=bias, name=name, kernel_init=_kernel(("embed", "heads", "kv")),
+                                   bias_init=_zeros(("heads", "kv")), **_dtypes(cfg))(inp)
+
+        q, k, v = proj("linear_q", x), proj("linear_k", x), proj("linear_v", x)  # [b, T, h, dk]
+        p = proj("linear_pos", pos.astype(x.dtype), bias=False)                  # [2T-1, h, dk]
+        pos_bias_u = self.param("pos_bias_u", _zeros(("heads", "kv")), (h, dk), jnp.dtype(cfg.param_dtype))
+        pos_bias_v = self.param("pos_bias_v", _zeros(("heads", "kv")), (h, dk), jnp.dtype(cfg.param_dtype))
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
+        content = jnp.einsum("bthd,bshd->bhts", q + pos_bias_u.astype(q.dtype), k)
+        position = _rel_shift(jnp.einsum("bthd,phd->bhtp", q + pos_bias_v.astype(q.dtype), p))
+        scores = (content + position).astype(jnp.float32) / math.sqrt(dk)
+        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+        out = jnp.einsum("bhts,bshd->bthd", probs, v)
+        # A padded query has no valid keys of its own meaning; zero it (NeMo does the same).
+        out = jnp.where(mask[:, :, None, None], out, 0)
+        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, name="linear_out",
+                               kernel_init=_kernel(("heads", "kv", "embed")), bias_init=_zeros(("norm",)),
+                               **_dtypes(cfg))(out)
+
+
+class ConvModule(nn.Module):
+    """Pointwise (2x) -> GLU -> depthwise conv -> norm -> Swish -> pointwise."""
+    config: ConformerConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """x [batch, T, d_model], mask [batch, T] bool -> [batch, T, d_model]."""
+        cfg = self.config
+        d, kk = cfg.d_model, cfg.conv_kernel_size
+        x = nn.Dense(2 * d, use_bias=cfg.conv_bias, name="pointwise_conv1", kernel_init=_kernel(("embed", "mlp")),
+                     bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
+        x = nn.glu(x, axis=-1)
+        # Padded frames must not enter the depthwise conv's window of valid frames.
+        x = jnp.where(mask[..., None], x, 0)
+        x = nn.Conv(d, (kk,), padding=[((kk - 1) // 2,) * 2], feature_group_count=d, use_bias=cfg.conv_bias,
+                    name="depthwise_conv", kernel_init=_kernel(("conv_k", "conv_in", "embed")),
+                    bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+        if cfg.conv_norm == "batch_norm":
+            # torch momentum 0.1 == flax momentum 0.9; statistics over valid frames only.
+            x = nn.BatchNorm(use_running_average=self.deterministic, momentum=0.9, epsilon=1e-5,
+                             scale_init=_ones(("norm",)), bias_init=_zeros(("norm",)), name="batch_norm",
+                             **_dtypes(cfg))(x, mask=mask[..., None])
+        else:
+            x = _layer_norm(cfg, "batch_norm")(x)  # NeMo keeps the name for either norm
+        x = nn.swish(x)
+        return nn.Dense(d, use_bias=cfg.conv_bias, name="pointwise_conv2", kernel_init=_kernel(("mlp", "embed")),
+                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+
+
+class ConformerBlock(nn.Module):
+    """Macaron conformer block. x [batch, T, d_model] -> [batch, T, d_model]."""
+    config: ConformerConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pos: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg, det = self.config, self.deterministic
+        drop = nn.Dropout(cfg.dropout)
+        ff1 = FeedForward(cfg, det, name="feed_forward1")(_layer_norm(cfg, "norm_feed_forward1")(x))
+        x = x + 0.5 * drop(ff1, deterministic=det)
+        att = RelPositionSelfAttention(cfg, det, name="self_attn")(_layer_norm(cfg, "norm_self_att")(x), pos, mask)
+        x = x + drop(att, deterministic=det)
+        conv = ConvModule(cfg, det, name="conv")(_layer_norm(cfg, "norm_conv")(x), mask)
+        x = x + drop(conv, deterministic=det)
+        ff2 = FeedForward(cfg, det, name="feed_forward2")(_layer_norm(cfg, "norm_feed_forward2")(x))
+        x = x + 0.5 * drop(ff2, deterministic=det)
+        x = _layer_norm(cfg, "norm_out")(x)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+class ConformerEncoder(nn.Module):
+    """Log-mel features -> conformer frames (the contract every speech encoder here keeps)."""
+    config: ConformerConfig
+    input_kind = "features"  # consumes log-mels; wav2vec2 consumes "waveform"
+
+    @nn.compact
+    def __call__(self, features: jax.Array, lengths: jax.Array, *, train: bool = False
+                 ) -> tuple[jax.Array, jax.Array]:
+        """features [batch, frames, n_mels] f32, lengths [batch] int32 (valid frames)
+        -> (frames [batch, out_frames, d_model], out_lengths [batch] int32).
+
+        ``out_frames = subsampled_lengths(frames)``; frames past ``out_lengths`` are zero.
+        """
+        cfg = self.config
+        if features.ndim != 3 or features.shape[-1] != cfg.n_mels:
+            raise ValueError(f"ConformerEncoder: features have shape {features.shape}, expected "
+                             f"[batch, frames, n_mels={cfg.n_mels}]; FeatureConfig.n_mels must equal "
+                             f"ConformerConfig.n_mels")
+        lengths = jnp.minimum(lengths.astype(jnp.int32), features.shape[1])
+        x, lengths = ConvSubsampling(cfg, name="pre_encode")(features, lengths)
+        t = x.shape[1]
+        mask = jnp.arange(t)[None, :] < lengths[:, None]  # [batch, T]
+        if cfg.xscaling:
+            x = x * math.sqrt(cfg.d_model)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        pos = relative_positions(t, cfg.d_model)
+        block = ConformerBlock
+        if _REMAT[cfg.remat_policy] is not None:
+            block = nn.remat(ConformerBlock, policy=_REMAT[cfg.remat_policy])
+        for i in range(cfg.n_layers):
+            x = block(cfg, not train, name=f"layers_{i}")(x, pos, mask)
+        return jnp.where(mask[..., None], x, 0), lengths
+
+
+class ConformerCTC(nn.Module):
+    """Conformer encoder + linear CTC head (NeMo's ``ConvASRDecoder``: a 1x1 conv)."""
+    config: ConformerConfig
+    input_kind = "features"
+
+    @nn.compact
+    def __call__(self, features: jax.Array, lengths: jax.Array, *, train: bool = False
+                 ) -> tuple[jax.Array, jax.Array]:
+        """features [batch, frames, n_mels], lengths [batch]
+        -> (logits [batch, out_frames, vocab_size] f32, out_lengths [batch] int32).
+
+        Logits are unnormalised (``jax.nn.log_softmax`` gives NeMo's decoder output);
+        the blank is class ``vocab_size - 1``.
+        """
+        cfg = self.config
+        if cfg.vocab_size < 2:
+            raise ValueError(f"ConformerConfig.vocab_size={cfg.vocab_size}: a CTC model needs the number of "
+                             f"output classes including the blank (set it from the vocabulary's size)")
+        x, lengths = ConformerEncoder(cfg, name="encoder")(features, lengths, train=train)
+        logits = nn.Dense(cfg.vocab_size, name="ctc_head", kernel_init=_kernel(("embed", "ctc_vocab")),
+                          bias_init=_zeros(("ctc_vocab",)), **_dtypes(cfg))(x)
+        return logits.astype(jnp.float32), lengths
+
+
+def init_variables(config: ConformerConfig, rng: jax.Array, frames: int = 64, *, ctc: bool = True) -> dict:
+    """Unboxed variables (``params`` and, with batch norm, ``batch_stats``) for ``config``."""
+    model = ConformerCTC(config) if ctc else ConformerEncoder(config)
+    feats = jnp.zeros((1, frames, config.n_mels), jnp.float32)
+    return nn.unbox(model.init(rng, feats, jnp.array([frames], jnp.int32)))
+
+
+def save(path: str, config: ConformerConfig, variables: dict, *, features: dict, vocab: dict, **extra) -> None:
+    """Writes a ``conformer_ctc`` model directory.
+
+    ``config.json`` holds ``config`` (ConformerConfig), ``features`` (FeatureConfig fields)
+    and ``vocab`` (``CharVocab.to_dict()``); ``params/`` holds ``variables`` (the dict
+    with ``params`` and optionally ``batch_stats``).
+    """
+    model_dir.save_model_dir(path, KIND, config.to_dict(), dict(variables), features=features, vocab=vocab, **extra)
+
+
+def load(path: str) -> tuple[ConformerConfig, dict, dict]:
+    """Reads a ``conformer_ctc`` model directory -> ``(config, variables, meta)``.
+
+    A directory whose tree is bare params (no ``params`` key at the top) is accepted and
+    wrapped as ``{"params": tree}``.
+    """
+    meta, tree = model_dir.load_model_dir(path, KIND)
+    config = ConformerConfig.from_dict(meta["config"])
+    variables = tree if "params" in tree else {"params": tree}
+    for key in ("features", "vocab"):
+        if key not in meta:
+            raise ValueError(f"{path}/config.json has no {key!r} entry; re-export the model with "
+                             f"audiochat_jax.models.conformer.save(..., {key}=...)")
+    return config, variables, meta
+
+
+def param_count(variables: dict) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables.get("params", variables))))

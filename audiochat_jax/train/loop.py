@@ -1,0 +1,371 @@
+"""The trainer, top to bottom: config -> mesh -> task & input -> shapes -> shardings ->
+update step -> checkpoint / resume -> compile -> loop -> eval -> export.
+
+One code path for every task (``config.task``, see tasks.py) and every scale: the step is
+``jax.jit`` with explicit in/out shardings over the ``('data', 'fsdp', 'tensor')`` mesh and
+the state donated; parameters are born sharded; checkpoints carry the data position; a
+SIGTERM saves and returns. ``python -m audiochat_jax.train`` (``__main__.py``) calls
+:func:`train`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from ml_collections import config_dict
+
+from audiochat_jax.parallel import sharding
+from audiochat_jax.train import checkpoint, metrics, optimizer, tasks
+from audiochat_jax.train.state import TrainState
+
+# ---------------------------------------------------------------------------------------
+# Defensive globals
+# ---------------------------------------------------------------------------------------
+# Random bits must not depend on how an array is sharded, or a sharded step would draw
+# different dropout/augmentation than the single-device one (and a resume on another mesh
+# would diverge).
+jax.config.update("jax_threefry_partitionable", True)
+
+
+def _hide_accelerators_from_tf() -> None:
+    # TF only reads data and writes TensorBoard events; left alone it would grab GPU memory.
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with non-finite loss or gradients."""
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+def base_config() -> ml_collections.ConfigDict:
+    """The loop's fields. Placeholders (None) are required: a run with one unset fails
+    naming it. Task configs add their own section (``config.toy``, ``config.lm``, ...)."""
+    c = ml_collections.ConfigDict()
+    c.task = config_dict.placeholder(str)        # a name registered in train/tasks.py
+    c.seed = 0
+    c.total_steps = config_dict.placeholder(int)
+    c.batch_size = config_dict.placeholder(int)  # global, over all hosts and microbatches
+    c.grad_accum_steps = 1                       # microbatches per step (optimizer.py: why in-step)
+    c.mesh_shape = (-1, 1, 1)                    # (data, fsdp, tensor); -1 = the rest
+    c.log_every = 10
+    c.eval_every = 0                             # 0: evaluate at the end only
+    c.max_nonfinite_steps = 10                   # stop after this many skipped steps in a row
+    c.peak_flops = 0.0                           # per-device peak FLOP/s for MFU (0: no MFU)
+    c.init_from = ""                             # model directory whose params start the run
+    c.resume_from = ""                           # another run's checkpoint dir (latest step)
+    c.export_dir = ""                            # model directory written at the end ("" = WORKDIR/model)
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_steps=0, end_lr_ratio=0.1, b1=0.9, b2=0.98, eps=1e-8,
+        weight_decay=0.01, clip_norm=1.0, frozen_patterns=()))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    return c
+
+
+def check_config(config) -> None:
+    """Fails loudly on unset required fields (placeholders left None), naming every one."""
+    missing = []
+
+    def walk(node, prefix):
+        for key in node.keys():
+            value = node[key]
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, f"{prefix}{key}.")
+            elif value is None:
+                missing.append(prefix + key)
+
+    walk(config, "config.")
+    if missing:
+        raise ValueError(
+            f"required config field(s) not set: {', '.join(missing)}; set them in the config "
+            f"file or on the command line, e.g. --{missing[0]}=...")
+
+
+# ---------------------------------------------------------------------------------------
+# Update step (pure; jitted with shardings in train())
+# ---------------------------------------------------------------------------------------
+def _microbatches(batch: dict, n: int) -> dict:
+    """``[B, ...] -> [n, B/n, ...]``; microbatch i takes rows i, i+n, ... so every device
+    keeps contributing its local rows to every microbatch (no resharding)."""
+
+    def split(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1):
+    """``step(state, frozen, batch) -> (state, metrics)``.
+
+    Gradients are taken w.r.t. ``state.params`` only (``frozen`` is a constant input). With
+    ``grad_accum_steps > 1`` the batch is scanned in microbatches and their gradients
+    averaged, weighted by ``aux["tokens_sum"]`` when the task reports it (exact token mean).
+    A step whose loss or gradient norm is not finite leaves params and optimizer state
+    unchanged and increments ``nonfinite_streak`` (the loop stops the run when it is too
+    long). Written by hand rather than ``optax.apply_if_finite`` because that checks the
+    gradients only and, after its limit, applies the bad update instead of stopping.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def weight_of(aux):
+        return aux.get("tokens_sum", jnp.ones((), jnp.float32)).astype(jnp.float32)
+
+    def loss_and_grads(params, frozen, batch, rng):
+        if grad_accum_steps == 1:
+            (loss, aux), grads = grad_fn(params, frozen, batch, rng)
+            return loss, aux, grads
+
+        def body(carry, xs):
+            micro, index = xs
+            (loss, aux), grads = grad_fn(params, frozen, micro, jax.random.fold_in(rng, index))
+            w = weight_of(aux)
+            scaled = {k: v if k.endswith("_sum") else w * v for k, v in aux.items()}
+            add = (w * loss, jax.tree.map(lambda g: w * g, grads), scaled, w)
+            return jax.tree.map(jnp.add, carry, add), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        _, aux_shape = jax.eval_shape(loss_fn, params, frozen,
+                                      jax.tree.map(lambda x: x[0], _microbatches(batch, grad_accum_steps)), rng)
+        aux0 = {k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape.items()}
+        init = (jnp.zeros((), jnp.float32), zeros, aux0, jnp.zeros((), jnp.float32))
+        xs = (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps))
+        (loss, grads, aux, total), _ = jax.lax.scan(body, init, xs)
+        aux = {k: v if k.endswith("_sum") else v / total for k, v in aux.items()}
+        return loss / total, aux, jax.tree.map(lambda g: g / total, grads)
+
+    def step(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, aux, grads = loss_and_grads(state.params, frozen, batch, rng)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            nonfinite_streak=streak,
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+        out = dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
+                   param_norm=optax.tree.norm(new_state.params),
+                   update_norm=optax.tree.norm(updates),
+                   nonfinite_sum=(~finite).astype(jnp.float32))
+        return new_state, out
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes and shardings
+# ---------------------------------------------------------------------------------------
+def state_shardings(init_fn, rng, mesh) -> tuple[Any, Any]:
+    """``(abstract_state, shardings)`` of ``init_fn(rng)`` (which returns boxed leaves).
+
+    Logical names come from the boxes; the optimizer state inherits them because optax
+    maps over the boxed params. Shardings are expanded to the unboxed tree's full
+    structure (masked optimizer entries are empty subtrees).
+    """
+    boxed = jax.eval_shape(init_fn, rng)
+    # Outside a trace the boxes must not apply their sharding constraint: just strip them.
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    abstract = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
+                            boxed, is_leaf=is_box)
+    prefix = sharding.logical_to_sharding(boxed, mesh)
+    shardings = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), prefix, abstract)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, shardings)
+    return abstract, shardings
+
+
+def init_train_state(task: tasks.Task, tx, mesh, seed: int):
+    """Params born sharded: ``eval_shape`` -> shardings -> ``jit(init, out_shardings)``.
+
+    Returns ``(state, abstract_state, shardings)``.
+    """
+    def init_fn(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        params = task.init(init_rng)
+        return TrainState.create(params, tx.init(params), state_rng)
+
+    rng = jax.random.PRNGKey(seed)
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        abstract, shardings = state_shardings(init_fn, rng, mesh)
+        state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    return state, abstract, shardings
+
+
+def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1):
+    """The donated, sharded step: ``(state, frozen, batch) -> (state, metrics)``."""
+    step = make_train_step(task.loss, tx, schedule, grad_accum_steps)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, task.frozen)
+    # The batch's shardings are its own: tasks.device_batch lays every [batch, ...] array
+    # out with sharding.batch_sharding, so ``None`` (take the argument's) is exact.
+    return jax.jit(step, in_shardings=(shardings, frozen_shardings, None),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def _shape_key(batch) -> tuple:
+    return tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+
+
+def _log_compiled(compiled, seconds: float, log) -> float:
+    """Logs compile time and memory; returns the step's FLOPs per device (0 if unknown)."""
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        log(f"compiled train step in {seconds:.1f}s; per-device memory: "
+            f"args {mem.argument_size_in_bytes / 2**20:.1f} MiB, temps {mem.temp_size_in_bytes / 2**20:.1f} MiB, "
+            f"output {mem.output_size_in_bytes / 2**20:.1f} MiB (aliased {mem.alias_size_in_bytes / 2**20:.1f} MiB)")
+    else:
+        log(f"compiled train step in {seconds:.1f}s")
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+def train(config, workdir: str) -> dict:
+    """Trains ``config.task`` in ``workdir``; returns ``{"status", "step", "train", "eval"}``.
+
+    status: "done" (reached total_steps and exported) or "preempted" (SIGTERM: saved and
+    returned early; rerunning the same command resumes). Raises NonFiniteError when
+    ``config.max_nonfinite_steps`` consecutive steps were skipped.
+    """
+    check_config(config)
+    _hide_accelerators_from_tf()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    log = metrics.log
+
+    # --- Mesh ------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh_shape)
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % (n_batch_shards * config.grad_accum_steps):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be divisible by data*fsdp={n_batch_shards} "
+            f"(mesh {dict(mesh.shape)}) times config.grad_accum_steps={config.grad_accum_steps}")
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
+
+    # --- Task: model, loss, input ----------------------------------------------------
+    task = tasks.get_task(config.task)(config, mesh)
+    train_iter = task.train_data()
+
+    # --- Model and optimizer shapes -> shardings; params born sharded ------------------
+    tx, schedule = optimizer.make_optimizer(config)
+    state, abstract_state, shardings = init_train_state(task, tx, mesh, config.seed)
+    trainable, total = optimizer.trainable_fraction(state.params, config.optimizer.frozen_patterns)
+    log(f"task {config.task}: {total:,} parameters, {trainable:,} trainable")
+
+    # --- Update step -------------------------------------------------------------------
+    step_fn = jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
+
+    # --- Checkpoint: resume order ------------------------------------------------------
+    # 1. this workdir's latest checkpoint (a restart after preemption or a crash),
+    # 2. config.resume_from: another run's checkpoint (state + data position),
+    # 3. config.init_from: a model directory's params (fresh optimizer, data from the start),
+    # 4. scratch (the sharded init above).
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
+                                   config.checkpoint.keep, config.checkpoint.async_save)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state = ckpt.restore(start, abstract_state)
+        train_iter.set_state(data_state)
+        log(f"resumed from {ckpt.directory} step {start}")
+    elif config.resume_from:
+        state, data_state, start = checkpoint.restore_state(config.resume_from, None, abstract_state)
+        train_iter.set_state(data_state)
+        log(f"resumed from {config.resume_from} step {start}")
+    elif config.init_from:
+        from audiochat_jax import model_dir
+        _, params = model_dir.load_model_dir(config.init_from, None, abstract_state.params)
+        state = state.replace(params=params)
+        log(f"initialised params from model directory {config.init_from}")
+    start = int(start or 0)
+
+    # --- Compile before the loop (sharding/OOM errors surface before training) ---------
+    compiled: dict[tuple, Any] = {}  # one executable per batch shape (bucket)
+
+    def compile_for(state, batch):
+        key = _shape_key(batch)
+        if key not in compiled:
+            t0 = time.perf_counter()
+            with jax.set_mesh(mesh), sharding.axis_rules():
+                compiled[key] = step_fn.lower(state, task.frozen, batch).compile()
+            flops = _log_compiled(compiled[key], time.perf_counter() - t0, log)
+            writer.flops_per_step = task.flops_per_step or flops * jax.device_count()
+        return compiled[key]
+
+    def fetch():
+        return tasks.device_batch(next(train_iter), mesh), train_iter.get_state()
+
+    writer = metrics.MetricsWriter(os.path.join(workdir, "tensorboard"), config.total_steps, start,
+                                   config.log_every, peak_flops=config.peak_flops)
+    watch = checkpoint.PreemptionWatch(ckpt.manager)
+    result = {"status": "done", "step": start, "train": {}, "eval": {}}
+
+    # --- Evals -------------------------------------------------------------------------
+    def evaluate(step):
+        if task.evaluate is not None:
+            result["eval"] = task.evaluate(state.params, task.frozen)
+            writer.write(step, result["eval"], prefix="eval")
+
+    # --- Loop --------------------------------------------------------------------------
+    try:
+        step = start
+        if step < config.total_steps:
+            batch, data_state = fetch()
+            compile_for(state, batch)  # later buckets compile (and are logged) on first sight
+        writer.restart_clock()
+        while step < config.total_steps:
+            state, step_metrics = compile_for(state, batch)(state, task.frozen, batch)
+            step += 1
+            step_data_state = data_state
+            if step < config.total_steps:
+                batch, data_state = fetch()  # host input overlaps the dispatched step
+            logged = writer.step(step, step_metrics, force=step == config.total_steps)
+            if logged:
+                result["train"] = logged
+            streak = int(state.nonfinite_streak)
+            if streak >= config.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{streak} consecutive steps (up to step {step}) had a non-finite loss or "
+                    f"gradient norm; their updates were skipped ({int(state.nonfinite_total)} in "
+                    f"the run). The last checkpoint in {ckpt.directory} is step {ckpt.latest_step()}. "
+                    "Check the input data for NaN/inf, lower config.optimizer.learning_rate or "
+                    "raise config.optimizer.warmup_steps.")
+            preempted = watch.reached(step)
+            ckpt.save(step, state, step_data_state, force=preempted or step == config.total_steps)
+            if preempted:
+                ckpt.wait()
+                log(f"preempted: saved step {step} in {ckpt.directory}; rerun to resume")
+                result.update(status="preempted", step=step)
+                return result
+            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+                evaluate(step)
+        result["step"] = step
+        evaluate(step)
+
+        # --- Export ----------------------------------------------------------------------
+        if task.export is not None:
+            out_dir = config.export_dir or os.path.join(workdir, "model")
+            task.export(state.params, out_dir)
+            log(f"exported params to {out_dir}")
+        return result
+    finally:
+        watch.close()
+        writer.close()
+        ckpt.close()
+

@@ -1,0 +1,211 @@
+"""Conformer model behaviour: lengths, padding independence, batch-norm masking, remat,
+sharding names, CTC loss vs torch, greedy decoding, a CTC overfit, the CTC vocabulary."""
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from audiochat_jax.models import conformer, ctc
+from audiochat_jax.models.conformer import ConformerConfig, ConformerCTC, ConformerEncoder
+from audiochat_jax.parallel import sharding
+from audiochat_jax.text.char_vocab import CharVocab, error_rates
+import conformer_fixtures as fx
+
+
+def tiny(**kw) -> ConformerConfig:
+    base = dict(n_mels=16, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, conv_kernel_size=5,
+                subsampling="dw_striding", subsampling_factor=4, subsampling_channels=8, vocab_size=12)
+    base.update(kw)
+    return ConformerConfig(**base)
+
+
+def test_config_round_trips_and_names_bad_fields():
+    cfg = tiny(remat_policy="full", dtype="bfloat16")
+    assert ConformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown field.*d_modle"):
+        ConformerConfig.from_dict({"d_modle": 3})
+    with pytest.raises(ValueError, match="subsampling_factor"):
+        tiny(subsampling_factor=6)
+    with pytest.raises(ValueError, match="n_heads"):
+        tiny(n_heads=5)
+    with pytest.raises(ValueError, match="conv_norm"):
+        tiny(conv_norm="group_norm")
+    with pytest.raises(ValueError, match="n_mels=16"):
+        ConformerEncoder(tiny()).init(jax.random.key(0), jnp.zeros((1, 20, 80)), jnp.array([20]))
+
+
+@pytest.mark.parametrize("factor", [4, 8, 16])
+def test_output_lengths_follow_parakeet_formula(factor):
+    import torch
+    model = fx.tiny_parakeet(factor=factor, n_layers=1)
+    lengths = np.arange(0, 400)
+    ref = model._get_subsampling_output_length(torch.from_numpy(lengths)).numpy()
+    np.testing.assert_array_equal(conformer.subsampled_lengths(lengths, tiny(subsampling_factor=factor)), ref)
+
+
+@pytest.mark.parametrize("subsampling,norm", [("dw_striding", "batch_norm"), ("striding", "layer_norm")])
+def test_valid_frames_do_not_depend_on_padding(subsampling, norm):
+    cfg = tiny(subsampling=subsampling, conv_norm=norm)
+    model = ConformerEncoder(cfg)
+    lengths = [57, 120, 31]
+    feats = fx.random_features(lengths, 16, seed=5)
+    variables = model.init(jax.random.key(1), jnp.asarray(feats), jnp.asarray(lengths))
+    if norm == "batch_norm":  # non-trivial running statistics
+        variables = jax.tree_util.tree_map(lambda x: x + 0.3, variables)
+    out, out_len = model.apply(variables, jnp.asarray(feats), jnp.asarray(lengths))
+    assert out.shape == (3, conformer.subsampled_lengths(120, cfg), 32)
+    np.testing.assert_array_equal(out_len, conformer.subsampled_lengths(np.array(lengths), cfg))
+    for i, n in enumerate(lengths):
+        alone, alone_len = model.apply(variables, jnp.asarray(feats[i:i + 1, :n]), jnp.array([n]))
+        m = int(out_len[i])
+        assert int(alone_len[0]) == m
+        np.testing.assert_allclose(out[i, :m], alone[0, :m], atol=1e-5, rtol=0)
+        assert not np.any(np.asarray(out[i, m:])), "padded output frames must be zero"
+
+
+def test_batch_norm_statistics_use_valid_frames_only():
+    cfg = tiny(conv_norm="batch_norm", dropout=0.0, attention_dropout=0.0)
+    model = ConformerEncoder(cfg)
+    feats = fx.random_features([64, 40], 16, seed=2)
+    variables = model.init(jax.random.key(0), jnp.asarray(feats), jnp.array([64, 40]))
+    padded = np.concatenate([feats, np.full((2, 48, 16), 7.0, np.float32)], axis=1)  # garbage padding
+    _, s1 = model.apply(variables, jnp.asarray(feats), jnp.array([64, 40]), train=True, mutable=["batch_stats"])
+    _, s2 = model.apply(variables, jnp.asarray(padded), jnp.array([64, 40]), train=True, mutable=["batch_stats"])
+    changed = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), s1, variables["batch_stats"])
+    assert max(jax.tree_util.tree_leaves(changed)) > 1e-3, "training must update the running statistics"
+    for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_remat_gives_same_loss_and_gradients():
+    feats = jnp.asarray(fx.random_features([48, 30], 16, seed=4))
+    lengths, labels, label_len = jnp.array([48, 30]), jnp.array([[1, 2, 3], [4, 5, 0]]), jnp.array([3, 2])
+    results = []
+    for policy in ("none", "full", "dots"):
+        cfg = tiny(remat_policy=policy, conv_norm="layer_norm")
+        variables = conformer.init_variables(cfg, jax.random.key(0))
+
+        def loss(params):
+            logits, out_len = ConformerCTC(cfg).apply({"params": params}, feats, lengths)
+            return ctc.ctc_loss(logits, out_len, labels, label_len, blank_id=11).mean()
+
+        results.append(jax.value_and_grad(loss)(variables["params"]))
+    for value, grads in results[1:]:
+        np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(results[0][1])):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_every_kernel_is_named_and_a_sharded_forward_matches(n_devices):
+    cfg = tiny()
+    model = ConformerCTC(cfg)
+    feats = jnp.asarray(fx.random_features([40, 33, 21, 40], 16, seed=6))
+    lengths = jnp.array([40, 33, 21, 40])
+    boxed = jax.eval_shape(model.init, jax.random.key(0), feats, lengths)
+    leaves = jax.tree_util.tree_leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves), "every param needs logical names"
+    variables = nn.unbox(model.init(jax.random.key(0), feats, lengths))
+    ref, _ = model.apply(variables, feats, lengths)
+
+    mesh = sharding.make_mesh((2, 2, 2))
+    shardings = sharding.logical_to_sharding(boxed, mesh)  # raises on names outside the vocabulary
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        fwd = jax.jit(model.apply, in_shardings=(shardings, sharding.batch_sharding(mesh, 3),
+                                                 sharding.batch_sharding(mesh, 1)))
+        out, _ = fwd(jax.device_put(variables, shardings), feats, lengths)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_ctc_loss_matches_torch_per_example():
+    import torch
+    rng = np.random.default_rng(0)
+    b, t, v = 3, 30, 7
+    logits = rng.standard_normal((b, t, v)).astype(np.float32)
+    lengths = np.array([30, 22, 9])
+    labels = rng.integers(0, v - 1, size=(b, 6))
+    label_len = np.array([6, 4, 2])
+    ours = ctc.ctc_loss(jnp.asarray(logits), jnp.asarray(lengths), jnp.asarray(labels), jnp.asarray(label_len),
+                        blank_id=v - 1)
+    log_probs = torch.from_numpy(logits).log_softmax(-1).transpose(0, 1)
+    ref = torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(labels), torch.from_numpy(lengths),
+                                       torch.from_numpy(label_len), blank=v - 1, reduction="none")
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5)
+
+
+def test_greedy_decode_merges_repeats_then_drops_blanks():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 4, size=(5, 25))
+    lengths = np.array([25, 10, 1, 0, 17])
+    logits = jax.nn.one_hot(ids, 4) * 5.0
+    got = ctc.greedy_decode(logits, lengths, blank_id=3)
+    for row, n, hyp in zip(ids, lengths, got):
+        want = [k for k, _ in itertools.groupby(row[:n].tolist()) if k != 3]
+        assert hyp == want
+    assert ctc.greedy_decode(jax.nn.one_hot(jnp.array([[0, 0, 3, 0, 1, 1]]), 4), [6], 3) == [[0, 0, 1]]
+
+
+def test_ctc_training_learns_to_transcribe_two_utterances():
+    vocab = CharVocab(list("abc "))
+    texts = ["abc", "cab a"]
+    rng = np.random.default_rng(0)
+    # Each character is a distinct 10-frame mel pattern: a learnable toy "speech".
+    patterns = {c: rng.standard_normal(16).astype(np.float32) * 2 for c in vocab.tokens}
+    utts = [np.concatenate([np.tile(patterns[c], (10, 1)) for c in t]) for t in texts]
+    lengths = np.array([len(u) for u in utts])
+    feats = np.zeros((2, lengths.max(), 16), np.float32)
+    for i, u in enumerate(utts):
+        feats[i, :len(u)] = u + 0.1 * rng.standard_normal(u.shape)
+    labels = np.zeros((2, 5), np.int32)
+    for i, t in enumerate(texts):
+        labels[i, :len(t)] = vocab.encode(t)
+    label_len = np.array([len(t) for t in texts])
+
+    cfg = tiny(n_layers=1, vocab_size=vocab.size, conv_norm="layer_norm", dropout=0.0, attention_dropout=0.0)
+    model = ConformerCTC(cfg)
+    params = conformer.init_variables(cfg, jax.random.key(0))["params"]
+    opt = optax.adam(3e-3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        def loss_fn(p):
+            logits, out_len = model.apply({"params": p}, feats, lengths)
+            return ctc.ctc_loss(logits, out_len, labels, label_len, vocab.blank_id).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(params, updates), state, loss
+
+    first = None
+    for _ in range(150):
+        params, state, loss = step(params, state)
+        first = float(loss) if first is None else first
+    logits, out_len = model.apply({"params": params}, feats, lengths)
+    hyps = [vocab.decode(ids) for ids in ctc.greedy_decode(logits, out_len, vocab.blank_id)]
+    assert float(loss) < 0.1 * first, (first, float(loss))
+    assert hyps == texts
+
+
+def test_char_vocab_round_trip_errors_and_pieces():
+    vocab = CharVocab.english()
+    assert vocab.blank_id == 28 and vocab.size == 29
+    assert vocab.decode(vocab.encode("it's a cat")) == "it's a cat"
+    with pytest.raises(ValueError, match="'Q'.*from_texts"):
+        vocab.encode("Quit")
+    assert CharVocab.from_dict(vocab.to_dict()).tokens == vocab.tokens
+    assert CharVocab.from_texts(["ba", "ab c"]).tokens == [" ", "a", "b", "c"]
+    pieces = CharVocab(["▁the", "▁ca", "t"], kind="pieces")
+    assert pieces.decode([0, 1, 2, 3]) == "the cat"  # 3 is the blank: skipped
+    with pytest.raises(ValueError, match="sentencepiece"):
+        pieces.encode("the")
+
+
+def test_error_rates_count_word_and_character_edits():
+    rates = error_rates(["the cat sat", "a dog"], ["the bat sat", "a dog"])
+    assert rates["wer"] == pytest.approx(1 / 5)         # one substituted word of five
+    assert rates["cer"] == pytest.approx(1 / 16)        # one substituted character of 16
+    with pytest.raises(ValueError, match="2 references vs 1"):
+        error_rates(["a", "b"], ["a"])

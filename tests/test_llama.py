@@ -1,0 +1,196 @@
+"""Llama model: equals transformers on the same weights; cache, scan, remat, embeddings entry,
+logical axis names, Llama-2 sizes. Tiny random models (float32); tolerance 1e-4 absolute on
+logits of magnitude ~5 (observed differences ~3e-6: float32 summation order)."""
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from audiochat_jax.convert.llama import convert_hf
+from audiochat_jax.models.llama import (LLAMA2_SIZES, Llama, LlamaConfig, init_cache, init_params,
+                                        stack_layer_params)
+from audiochat_jax.parallel import sharding
+from llama_fixtures import make_hf_llama
+
+TOL = 1e-4
+TINY = LlamaConfig(vocab_size=61, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=40,
+                   max_seq_len=64, rope_theta=30000.0, dtype="float32", param_dtype="float32")
+
+
+def _unbox(tree):
+    return nn.meta.unbox(tree)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    # init_std 0.2 instead of 0.02 so the layers do something visible
+    params = _unbox(init_params(TINY, jax.random.key(0)))
+    return jax.tree_util.tree_map(lambda x: x * 10.0 if x.ndim >= 2 else x, params)
+
+
+def _positions(mask):
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+
+
+@pytest.mark.parametrize("n_kv_heads,tie", [(4, False), (2, False), (1, True)],
+                         ids=["mha", "gqa", "mqa_tied"])
+def test_logits_equal_transformers_with_left_padding(tmp_path, n_kv_heads, tie):
+    hf, path = make_hf_llama(tmp_path, n_kv_heads=n_kv_heads, tie_embeddings=tie, vocab_size=67,
+                             rope_theta=50000.0)
+    cfg, params = convert_hf(path, param_dtype="float32", dtype="float32")
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(0, 67, (3, 9)).astype(np.int32)
+    mask = np.ones((3, 9), bool)
+    mask[1, :4] = False  # left padding
+    mask[2, :1] = False
+    pos = _positions(mask)
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+                 position_ids=torch.tensor(pos, dtype=torch.long)).logits.numpy()
+    ours = np.asarray(Llama(cfg).apply({"params": params}, tokens, positions=pos, mask=mask))
+    assert ours.dtype == np.float32 and ours.shape == (3, 9, 67)
+    np.testing.assert_allclose(ours[mask], ref[mask], atol=TOL, rtol=0)
+
+
+def test_forward_by_embeddings_equals_forward_by_tokens(tiny_params):
+    model = Llama(TINY)
+    tokens = np.random.RandomState(1).randint(0, 61, (2, 7)).astype(np.int32)
+    mask, pos = np.ones((2, 7), bool), np.tile(np.arange(7, dtype=np.int32), (2, 1))
+    emb = model.apply({"params": tiny_params}, tokens, method=Llama.embed)
+    assert emb.shape == (2, 7, 32)
+    by_tok = model.apply({"params": tiny_params}, tokens, positions=pos, mask=mask)
+    by_emb = model.apply({"params": tiny_params}, embeddings=emb, positions=pos, mask=mask)
+    np.testing.assert_array_equal(np.asarray(by_tok), np.asarray(by_emb))
+
+
+def test_gradient_reaches_spliced_embeddings_only_through_inputs(tiny_params):
+    """The alignment path: frozen params, gradient w.r.t. the spliced embeddings."""
+    model = Llama(TINY)
+    pos, mask = np.tile(np.arange(6, dtype=np.int32), (1, 1)), np.ones((1, 6), bool)
+    audio = jax.random.normal(jax.random.key(2), (1, 3, 32))
+    prefix = model.apply({"params": tiny_params}, np.array([[1, 5]]), method=Llama.embed)
+    suffix = model.apply({"params": tiny_params}, np.array([[7]]), method=Llama.embed)
+
+    def loss(a):
+        x = jnp.concatenate([prefix, a, suffix], axis=1)
+        return model.apply({"params": tiny_params}, embeddings=x, positions=pos, mask=mask)[0, -1, 3]
+
+    g = jax.grad(loss)(audio)
+    eps = 1e-3
+    d = jax.random.normal(jax.random.key(3), audio.shape)
+    fd = (loss(audio + eps * d) - loss(audio - eps * d)) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.vdot(g, d)), float(fd), rtol=2e-2)
+
+
+@pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots_no_batch")])
+def test_scan_layers_and_remat_give_same_logits_and_grads(tiny_params, scan, remat):
+    tokens = np.random.RandomState(4).randint(0, 61, (2, 6)).astype(np.int32)
+    mask = np.array([[1] * 6, [0, 0, 1, 1, 1, 1]], bool)
+    pos = _positions(mask)
+    cfg = TINY.replace(scan_layers=scan, remat_policy=remat)
+    params = stack_layer_params(tiny_params, TINY.n_layers) if scan else tiny_params
+    plain, variant = Llama(TINY), Llama(cfg)
+
+    def fwd(model, p):
+        def f(e):
+            return model.apply({"params": p}, embeddings=e, positions=pos, mask=mask)
+        return f
+
+    emb = plain.apply({"params": tiny_params}, tokens, method=Llama.embed)
+    np.testing.assert_allclose(np.asarray(fwd(variant, params)(emb)), np.asarray(fwd(plain, tiny_params)(emb)),
+                               atol=1e-5, rtol=0)
+    g_plain = jax.grad(lambda e: fwd(plain, tiny_params)(e).sum())(emb)
+    g_var = jax.grad(lambda e: fwd(variant, params)(e).sum())(emb)
+    np.testing.assert_allclose(np.asarray(g_var), np.asarray(g_plain), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_kv_cache_decode_equals_full_forward(tiny_params, scan):
+    cfg = TINY.replace(scan_layers=scan)
+    params = stack_layer_params(tiny_params, TINY.n_layers) if scan else tiny_params
+    model = Llama(cfg)
+    tokens = np.random.RandomState(5).randint(0, 61, (2, 10)).astype(np.int32)
+    mask = np.ones((2, 10), bool)
+    mask[1, :3] = False  # row 1 left-padded
+    pos = _positions(mask)
+    full = np.asarray(model.apply({"params": params}, tokens, positions=pos, mask=mask))
+
+    apply = jax.jit(lambda t, p, m, c: model.apply({"params": params}, t, positions=p, mask=m,
+                                                   cache=c, decode=True))
+    cache = init_cache(cfg, 2, 12)
+    logits, cache = apply(tokens[:, :5], pos[:, :5], mask[:, :5], cache)  # prefill 5
+    got = [np.asarray(logits)]
+    for t in range(5, 10):  # then one token at a time
+        logits, cache = apply(tokens[:, t:t + 1], pos[:, t:t + 1], mask[:, t:t + 1], cache)
+        got.append(np.asarray(logits))
+    assert int(cache["index"]) == 10
+    got = np.concatenate(got, axis=1)
+    np.testing.assert_allclose(got[mask], full[mask], atol=TOL, rtol=0)
+
+
+def test_every_kernel_has_logical_axis_names_and_shards_on_8_devices(tiny_params):
+    for scan in (False, True):
+        cfg = TINY.replace(scan_layers=scan, vocab_size=64)
+        boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+        leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+        for x in leaves:
+            assert len(x.names) == x.value.ndim
+            assert set(x.names) <= {n for n, _ in sharding.LOGICAL_AXIS_RULES}
+    # A real sharded forward on a (data=2, fsdp=2, tensor=2) mesh equals the unsharded one.
+    cfg = TINY.replace(vocab_size=64, n_kv_heads=2)
+    mesh = sharding.make_mesh((2, 2, 2))
+    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    shardings = sharding.logical_to_sharding(abstract, mesh)
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        params = jax.jit(lambda: _unbox(init_params(cfg, jax.random.key(0))),
+                         out_shardings=_unbox(shardings))()
+        assert params["layers_0"]["mlp"]["gate"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+        tokens = np.arange(8 * 5, dtype=np.int32).reshape(8, 5) % 64
+        pos, mask = np.tile(np.arange(5, dtype=np.int32), (8, 1)), np.ones((8, 5), bool)
+        sharded = jax.jit(lambda p, t: Llama(cfg).apply({"params": p}, t, positions=pos, mask=mask))(
+            params, jax.device_put(tokens, sharding.batch_sharding(mesh, 2)))
+    host = jax.device_get(params)
+    plain = Llama(cfg).apply({"params": host}, tokens, positions=pos, mask=mask)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), atol=1e-5, rtol=0)
+
+
+def _n_params(cfg):
+    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), length=2))
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(_unbox(abstract)))
+
+
+@pytest.mark.parametrize("size,published", [("7b", 6_738_415_616), ("13b", 13_015_864_320),
+                                            ("70b", 68_976_648_192)])
+def test_llama2_sizes_have_published_parameter_counts(size, published):
+    # published = transformers' num_parameters() of meta-llama/Llama-2-{size}-chat-hf
+    cfg = LlamaConfig(**LLAMA2_SIZES[size], scan_layers=True)
+    assert _n_params(cfg) == published
+
+
+@pytest.mark.parametrize("size", ["7b", "13b", "70b"])
+def test_configs_load_with_llm_section(size):
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", f"llama2_{size}_chat.py")
+    spec = importlib.util.spec_from_file_location(f"cfg_{size}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    llm = LlamaConfig.from_dict(module.get_config(None).llm.to_dict())
+    assert {k: getattr(llm, k) for k in LLAMA2_SIZES[size]} == LLAMA2_SIZES[size]
+    assert module.__doc__.lstrip().splitlines()[2].strip().startswith("python -m audiochat_jax")
+
+
+def test_config_round_trip_and_clear_errors():
+    assert LlamaConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="unknown fields \\['hidden_size'\\]"):
+        LlamaConfig.from_dict({**TINY.to_dict(), "hidden_size": 3})
+    with pytest.raises(ValueError, match="n_kv_heads=3: must divide n_heads=4"):
+        TINY.replace(n_kv_heads=3)
+    with pytest.raises(ValueError, match="remat_policy"):
+        TINY.replace(remat_policy="sometimes")
+    with pytest.raises(ValueError, match="exactly one of tokens"):
+        Llama(TINY).init(jax.random.key(0), positions=np.zeros((1, 2), np.int32), mask=np.ones((1, 2), bool))

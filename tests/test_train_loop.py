@@ -1,0 +1,180 @@
+"""The shared training loop on the toy task (train/toy.py), in process, on 8 fake CPU devices."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from audiochat_jax import model_dir
+from audiochat_jax.parallel import sharding
+from audiochat_jax.train import loop, metrics, optimizer, tasks, toy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(spec: str, *overrides: str):
+    """Parses ``--config=spec --config.k=v ...`` exactly as the CLI does (lock_config=True)."""
+    argv = ["prog", f"--config={os.path.join(REPO, spec)}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def small_config(*overrides: str):
+    return load_config("configs/smoke_toy.py", "--config.mesh_shape=(-1,1,1)", "--config.log_every=1",
+                       "--config.checkpoint.every_steps=10", *overrides)
+
+
+def test_config_overrides_parse_and_typos_fail():
+    c = load_config("configs/smoke_toy.py:sharded", "--config.total_steps=7",
+                    "--config.optimizer.learning_rate=0.5", "--config.mesh_shape=(1,2,4)",
+                    "--config.optimizer.frozen_patterns=('w2',)", "--config.toy.hidden=16")
+    assert (c.total_steps, c.optimizer.learning_rate, tuple(c.mesh_shape)) == (7, 0.5, (1, 2, 4))
+    assert tuple(c.optimizer.frozen_patterns) == ("w2",) and c.toy.hidden == 16
+    with pytest.raises(Exception, match="totl_steps"):
+        load_config("configs/smoke_toy.py", "--config.totl_steps=3")
+
+
+def test_missing_required_fields_fail_naming_them(tmp_path):
+    config = loop.base_config()
+    config.task = "toy"
+    with pytest.raises(ValueError, match=r"required config field\(s\) not set: config\.batch_size, "
+                                         r"config\.total_steps; set them"):
+        loop.train(config, str(tmp_path))
+    assert not os.listdir(tmp_path)  # failed before doing any work
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match="config.task='nope'.*'toy'"):
+        tasks.get_task("nope")
+
+
+def test_loss_falls_checkpoints_and_exports(tmp_path):
+    config = small_config("--config.total_steps=60", "--config.eval_every=30")
+    result = loop.train(config, str(tmp_path))
+    assert result["status"] == "done" and result["step"] == 60
+    losses = metrics.read_scalars(str(tmp_path / "tensorboard"), "train/loss")
+    assert sorted(losses) == list(range(1, 61))
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(56, 61)])
+    assert last < 0.4 * first, (first, last)
+    evals = metrics.read_scalars(str(tmp_path / "tensorboard"), "eval/loss")
+    assert sorted(evals) == [30, 60] and evals[60] < evals[30]
+    # checkpoints every 10 steps, 3 kept; the exported model equals the final state.
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [40, 50, 60]
+    meta, params = model_dir.load_model_dir(str(tmp_path / "model"), "toy_mlp")
+    assert meta["config"]["hidden"] == config.toy.hidden
+    eval_again = toy.toy_task(config, sharding.make_mesh((-1, 1, 1))).evaluate(params, None)
+    np.testing.assert_allclose(eval_again["loss"], evals[60], rtol=1e-6)
+    # A rerun of the finished run resumes at 60 and trains nothing more.
+    assert loop.train(config, str(tmp_path))["step"] == 60
+
+
+def _init_and_step(config, mesh, n_steps):
+    task = toy.toy_task(config, mesh)
+    tx, schedule = optimizer.make_optimizer(config)
+    state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
+    data = task.train_data()
+    out = []
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        for _ in range(n_steps):
+            old = state
+            state, m = step(state, None, tasks.device_batch(next(data), mesh))
+            assert old.params["w1"].is_deleted()  # the state was donated
+            out.append(float(m["loss"]))
+    return state, out
+
+
+def test_sharded_step_equals_single_device_step():
+    config = small_config()
+    one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    eight = sharding.make_mesh((2, 2, 2))
+    ref_state, ref_losses = _init_and_step(config, one, 3)
+    state, losses = _init_and_step(config, eight, 3)
+    # Really sharded: weights over (fsdp, tensor), Adam moments alike, batch over (data, fsdp).
+    assert state.params["w1"].sharding.spec == P("fsdp", "tensor")
+    assert state.params["w2"].sharding.spec == P("tensor", "fsdp")
+    mu = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+    assert any(getattr(x, "mu", None) is not None and x.mu["w1"].sharding.spec == P("fsdp", "tensor")
+               for x in mu)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_gradient_accumulation_equals_full_batch():
+    mesh = sharding.make_mesh((2, 2, 2))
+    full_state, full_losses = _init_and_step(small_config(), mesh, 2)
+    acc_state, acc_losses = _init_and_step(small_config("--config.grad_accum_steps=2"), mesh, 2)
+    np.testing.assert_allclose(acc_losses, full_losses, atol=1e-6, rtol=0)
+    for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(full_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+
+def test_frozen_patterns_freeze_params():
+    mesh = sharding.make_mesh((-1, 1, 1))
+    config = small_config("--config.optimizer.frozen_patterns=('w2',)")
+    task = toy.toy_task(config, mesh)
+    tx, _ = optimizer.make_optimizer(config)
+    before, _, _ = loop.init_train_state(task, tx, mesh, config.seed)
+    w2, w1 = np.asarray(before.params["w2"]), np.asarray(before.params["w1"])
+    after, _ = _init_and_step(config, mesh, 2)
+    np.testing.assert_array_equal(np.asarray(after.params["w2"]), w2)
+    assert not np.allclose(np.asarray(after.params["w1"]), w1)
+    assert optimizer.trainable_fraction(after.params, ("w2",)) == (8 * 32 + 32, 8 * 32 + 32 + 32 * 4)
+
+
+class _NaNAt:
+    """Wraps the toy input: batches whose index is in ``bad`` carry a NaN."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad = inner, set(bad)
+
+    def __next__(self):
+        index = self.inner.index
+        batch = next(self.inner)
+        if index in self.bad:
+            batch["x"] = batch["x"].copy()
+            batch["x"][0, 0] = np.nan
+        return batch
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, s):
+        self.inner.set_state(s)
+
+
+def _register_nan_task(name, bad):
+    @tasks.register(name)
+    def factory(config, mesh):
+        task = toy.toy_task(config, mesh)
+        inner = task.train_data
+        task.train_data = lambda: _NaNAt(inner(), bad)
+        return task
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    _register_nan_task("toy_nan_once", bad=[4])  # the batch of step 5
+    config = small_config("--config.task=toy_nan_once", "--config.total_steps=12")
+    loop.train(config, str(tmp_path))
+    tb = str(tmp_path / "tensorboard")
+    skipped = metrics.read_scalars(tb, "train/nonfinite")
+    assert [s for s, v in skipped.items() if v] == [5]
+    norms = metrics.read_scalars(tb, "train/param_norm")
+    assert norms[5] == norms[4] and norms[6] != norms[5]  # no update at step 5, training goes on
+    assert np.isfinite(metrics.read_scalars(tb, "train/loss")[12])
+
+
+def test_nonfinite_run_stops_with_a_clear_message(tmp_path):
+    _register_nan_task("toy_nan_forever", bad=range(6, 1000))
+    config = small_config("--config.task=toy_nan_forever", "--config.total_steps=50",
+                          "--config.max_nonfinite_steps=3")
+    with pytest.raises(loop.NonFiniteError, match=r"3 consecutive steps \(up to step 9\).*last checkpoint"):
+        loop.train(config, str(tmp_path))
