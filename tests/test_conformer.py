@@ -16,6 +16,11 @@ from audiochat_jax.text.char_vocab import CharVocab, error_rates
 import conformer_fixtures as fx
 
 
+def jitted(model):
+    """(init, apply) compiled once per shape: eager flax dispatch is far slower on busy cores."""
+    return jax.jit(model.init), jax.jit(model.apply, static_argnames=("train", "mutable"))
+
+
 def tiny(**kw) -> ConformerConfig:
     base = dict(n_mels=16, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, conv_kernel_size=5,
                 subsampling="dw_striding", subsampling_factor=4, subsampling_channels=8, vocab_size=12)
@@ -35,7 +40,7 @@ def test_config_round_trips_and_names_bad_fields():
     with pytest.raises(ValueError, match="conv_norm"):
         tiny(conv_norm="group_norm")
     with pytest.raises(ValueError, match="n_mels=16"):
-        ConformerEncoder(tiny()).init(jax.random.key(0), jnp.zeros((1, 20, 80)), jnp.array([20]))
+        jax.eval_shape(ConformerEncoder(tiny()).init, jax.random.key(0), jnp.zeros((1, 20, 80)), jnp.array([20]))
 
 
 @pytest.mark.parametrize("factor", [4, 8, 16])
@@ -50,32 +55,39 @@ def test_output_lengths_follow_parakeet_formula(factor):
 @pytest.mark.parametrize("subsampling,norm", [("dw_striding", "batch_norm"), ("striding", "layer_norm")])
 def test_valid_frames_do_not_depend_on_padding(subsampling, norm):
     cfg = tiny(subsampling=subsampling, conv_norm=norm)
-    model = ConformerEncoder(cfg)
-    lengths = [57, 120, 31]
+    init, apply = jitted(ConformerEncoder(cfg))
+    lengths = np.array([57, 120, 31])
     feats = fx.random_features(lengths, 16, seed=5)
-    variables = model.init(jax.random.key(1), jnp.asarray(feats), jnp.asarray(lengths))
+    variables = init(jax.random.key(1), jnp.asarray(feats), jnp.asarray(lengths))
     if norm == "batch_norm":  # non-trivial running statistics
-        variables = jax.tree_util.tree_map(lambda x: x + 0.3, variables)
-    out, out_len = model.apply(variables, jnp.asarray(feats), jnp.asarray(lengths))
+        stats = variables["batch_stats"]
+        variables = dict(variables, batch_stats=jax.tree_util.tree_map(lambda x: x + 0.3, stats))
+    out, out_len = apply(variables, jnp.asarray(feats), jnp.asarray(lengths))
     assert out.shape == (3, conformer.subsampled_lengths(120, cfg), 32)
-    np.testing.assert_array_equal(out_len, conformer.subsampled_lengths(np.array(lengths), cfg))
-    for i, n in enumerate(lengths):
-        alone, alone_len = model.apply(variables, jnp.asarray(feats[i:i + 1, :n]), jnp.array([n]))
-        m = int(out_len[i])
-        assert int(alone_len[0]) == m
-        np.testing.assert_allclose(out[i, :m], alone[0, :m], atol=1e-5, rtol=0)
-        assert not np.any(np.asarray(out[i, m:])), "padded output frames must be zero"
+    np.testing.assert_array_equal(out_len, conformer.subsampled_lengths(lengths, cfg))
+    # The same utterances in another order, with 77 more frames of garbage padding.
+    order = np.array([2, 0, 1])
+    garbage = np.random.default_rng(9).standard_normal((3, 197, 16)).astype(np.float32) * 5
+    for i, j in enumerate(order):
+        garbage[i, :lengths[j]] = feats[j, :lengths[j]]
+    out2, out_len2 = apply(variables, jnp.asarray(garbage), jnp.asarray(lengths[order]))
+    for i, j in enumerate(order):
+        m = int(out_len[j])
+        assert int(out_len2[i]) == m
+        np.testing.assert_allclose(out2[i, :m], out[j, :m], atol=1e-5, rtol=0)
+        assert not np.any(np.asarray(out2[i, m:])), "padded output frames must be zero"
 
 
 def test_batch_norm_statistics_use_valid_frames_only():
     cfg = tiny(conv_norm="batch_norm", dropout=0.0, attention_dropout=0.0)
-    model = ConformerEncoder(cfg)
+    init, apply = jitted(ConformerEncoder(cfg))
     feats = fx.random_features([64, 40], 16, seed=2)
-    variables = model.init(jax.random.key(0), jnp.asarray(feats), jnp.array([64, 40]))
+    variables = init(jax.random.key(0), jnp.asarray(feats), jnp.array([64, 40]))
     padded = np.concatenate([feats, np.full((2, 48, 16), 7.0, np.float32)], axis=1)  # garbage padding
-    _, s1 = model.apply(variables, jnp.asarray(feats), jnp.array([64, 40]), train=True, mutable=["batch_stats"])
-    _, s2 = model.apply(variables, jnp.asarray(padded), jnp.array([64, 40]), train=True, mutable=["batch_stats"])
-    changed = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), s1, variables["batch_stats"])
+    _, s1 = apply(variables, jnp.asarray(feats), jnp.array([64, 40]), train=True, mutable=("batch_stats",))
+    _, s2 = apply(variables, jnp.asarray(padded), jnp.array([64, 40]), train=True, mutable=("batch_stats",))
+    changed = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), s1["batch_stats"],
+                                     variables["batch_stats"])
     assert max(jax.tree_util.tree_leaves(changed)) > 1e-3, "training must update the running statistics"
     for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -93,7 +105,7 @@ def test_remat_gives_same_loss_and_gradients():
             logits, out_len = ConformerCTC(cfg).apply({"params": params}, feats, lengths)
             return ctc.ctc_loss(logits, out_len, labels, label_len, blank_id=11).mean()
 
-        results.append(jax.value_and_grad(loss)(variables["params"]))
+        results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
     for value, grads in results[1:]:
         np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
         for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(results[0][1])):
@@ -108,8 +120,9 @@ def test_every_kernel_is_named_and_a_sharded_forward_matches(n_devices):
     boxed = jax.eval_shape(model.init, jax.random.key(0), feats, lengths)
     leaves = jax.tree_util.tree_leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves), "every param needs logical names"
-    variables = nn.unbox(model.init(jax.random.key(0), feats, lengths))
-    ref, _ = model.apply(variables, feats, lengths)
+    init, apply = jitted(model)
+    variables = nn.unbox(init(jax.random.key(0), feats, lengths))
+    ref, _ = apply(variables, feats, lengths)
 
     mesh = sharding.make_mesh((2, 2, 2))
     shardings = sharding.logical_to_sharding(boxed, mesh)  # raises on names outside the vocabulary
@@ -183,7 +196,7 @@ def test_ctc_training_learns_to_transcribe_two_utterances():
     for _ in range(150):
         params, state, loss = step(params, state)
         first = float(loss) if first is None else first
-    logits, out_len = model.apply({"params": params}, feats, lengths)
+    logits, out_len = jax.jit(model.apply)({"params": params}, feats, lengths)
     hyps = [vocab.decode(ids) for ids in ctc.greedy_decode(logits, out_len, vocab.blank_id)]
     assert float(loss) < 0.1 * first, (first, float(loss))
     assert hyps == texts

@@ -24,8 +24,8 @@ LENGTHS = [203, 150, 97, 33]  # real lengths with padding, incl. one that is not
 
 def _our_logits(path, features, lengths):
     config, variables, meta = conformer.load(path)
-    logits, out_len = conformer.ConformerCTC(config).apply(variables, jnp.asarray(features),
-                                                           jnp.asarray(lengths, jnp.int32))
+    logits, out_len = jax.jit(conformer.ConformerCTC(config).apply)(variables, jnp.asarray(features),
+                                                                    jnp.asarray(lengths, jnp.int32))
     return np.asarray(logits), np.asarray(out_len), meta
 
 

@@ -18,7 +18,7 @@ from audiochat_jax.parallel import sharding
 from llama_fixtures import make_hf_llama
 
 TOL = 1e-4
-TINY = LlamaConfig(vocab_size=61, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=40,
+TINY = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=40,
                    max_seq_len=64, rope_theta=30000.0, dtype="float32", param_dtype="float32")
 
 
@@ -29,7 +29,7 @@ def _unbox(tree):
 @pytest.fixture(scope="module")
 def tiny_params():
     # init_std 0.2 instead of 0.02 so the layers do something visible
-    params = _unbox(init_params(TINY, jax.random.key(0)))
+    params = jax.jit(lambda: _unbox(init_params(TINY, jax.random.key(0))))()
     return jax.tree_util.tree_map(lambda x: x * 10.0 if x.ndim >= 2 else x, params)
 
 
@@ -52,7 +52,7 @@ def test_logits_equal_transformers_with_left_padding(tmp_path, n_kv_heads, tie):
     with torch.no_grad():
         ref = hf(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
                  position_ids=torch.tensor(pos, dtype=torch.long)).logits.numpy()
-    ours = np.asarray(Llama(cfg).apply({"params": params}, tokens, positions=pos, mask=mask))
+    ours = np.asarray(jax.jit(Llama(cfg).apply)({"params": params}, tokens, positions=pos, mask=mask))
     assert ours.dtype == np.float32 and ours.shape == (3, 9, 67)
     np.testing.assert_allclose(ours[mask], ref[mask], atol=TOL, rtol=0)
 
@@ -61,10 +61,11 @@ def test_forward_by_embeddings_equals_forward_by_tokens(tiny_params):
     model = Llama(TINY)
     tokens = np.random.RandomState(1).randint(0, 61, (2, 7)).astype(np.int32)
     mask, pos = np.ones((2, 7), bool), np.tile(np.arange(7, dtype=np.int32), (2, 1))
-    emb = model.apply({"params": tiny_params}, tokens, method=Llama.embed)
+    apply = jax.jit(model.apply, static_argnames="method")
+    emb = apply({"params": tiny_params}, tokens, method=Llama.embed)
     assert emb.shape == (2, 7, 32)
-    by_tok = model.apply({"params": tiny_params}, tokens, positions=pos, mask=mask)
-    by_emb = model.apply({"params": tiny_params}, embeddings=emb, positions=pos, mask=mask)
+    by_tok = apply({"params": tiny_params}, tokens, positions=pos, mask=mask)
+    by_emb = apply({"params": tiny_params}, embeddings=emb, positions=pos, mask=mask)
     np.testing.assert_array_equal(np.asarray(by_tok), np.asarray(by_emb))
 
 
@@ -80,9 +81,10 @@ def test_gradient_reaches_spliced_embeddings_only_through_inputs(tiny_params):
         x = jnp.concatenate([prefix, a, suffix], axis=1)
         return model.apply({"params": tiny_params}, embeddings=x, positions=pos, mask=mask)[0, -1, 3]
 
-    g = jax.grad(loss)(audio)
+    g = jax.jit(jax.grad(loss))(audio)
     eps = 1e-3
     d = jax.random.normal(jax.random.key(3), audio.shape)
+    loss = jax.jit(loss)
     fd = (loss(audio + eps * d) - loss(audio - eps * d)) / (2 * eps)
     np.testing.assert_allclose(float(jnp.vdot(g, d)), float(fd), rtol=2e-2)
 
@@ -101,11 +103,11 @@ def test_scan_layers_and_remat_give_same_logits_and_grads(tiny_params, scan, rem
             return model.apply({"params": p}, embeddings=e, positions=pos, mask=mask)
         return f
 
-    emb = plain.apply({"params": tiny_params}, tokens, method=Llama.embed)
-    np.testing.assert_allclose(np.asarray(fwd(variant, params)(emb)), np.asarray(fwd(plain, tiny_params)(emb)),
-                               atol=1e-5, rtol=0)
-    g_plain = jax.grad(lambda e: fwd(plain, tiny_params)(e).sum())(emb)
-    g_var = jax.grad(lambda e: fwd(variant, params)(e).sum())(emb)
+    emb = jax.jit(lambda t: plain.apply({"params": tiny_params}, t, method=Llama.embed))(tokens)
+    np.testing.assert_allclose(np.asarray(jax.jit(fwd(variant, params))(emb)),
+                               np.asarray(jax.jit(fwd(plain, tiny_params))(emb)), atol=1e-5, rtol=0)
+    g_plain = jax.jit(jax.grad(lambda e: fwd(plain, tiny_params)(e).sum()))(emb)
+    g_var = jax.jit(jax.grad(lambda e: fwd(variant, params)(e).sum()))(emb)
     np.testing.assert_allclose(np.asarray(g_var), np.asarray(g_plain), atol=1e-4, rtol=1e-5)
 
 
@@ -118,7 +120,7 @@ def test_kv_cache_decode_equals_full_forward(tiny_params, scan):
     mask = np.ones((2, 10), bool)
     mask[1, :3] = False  # row 1 left-padded
     pos = _positions(mask)
-    full = np.asarray(model.apply({"params": params}, tokens, positions=pos, mask=mask))
+    full = np.asarray(jax.jit(model.apply)({"params": params}, tokens, positions=pos, mask=mask))
 
     apply = jax.jit(lambda t, p, m, c: model.apply({"params": params}, t, positions=p, mask=m,
                                                    cache=c, decode=True))
@@ -155,8 +157,8 @@ def test_every_kernel_has_logical_axis_names_and_shards_on_8_devices(tiny_params
         pos, mask = np.tile(np.arange(5, dtype=np.int32), (8, 1)), np.ones((8, 5), bool)
         sharded = jax.jit(lambda p, t: Llama(cfg).apply({"params": p}, t, positions=pos, mask=mask))(
             params, jax.device_put(tokens, sharding.batch_sharding(mesh, 2)))
-    host = jax.device_get(params)
-    plain = Llama(cfg).apply({"params": host}, tokens, positions=pos, mask=mask)
+    host = jax.device_put(jax.device_get(params), jax.devices()[0])
+    plain = jax.jit(Llama(cfg).apply)({"params": host}, tokens, positions=pos, mask=mask)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), atol=1e-5, rtol=0)
 
 

@@ -92,9 +92,15 @@ def test_manifest_resamples_downmixes_and_skips_bad_lines(tmp_path):
     assert b.info.metadata["skipped"]["train"] == {"bad_manifest_line": 2, "missing_audio": 1}
 
 
-def test_missing_manual_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no corpus found in manual_dir .*train-clean-100"):
+def test_missing_or_wrong_manual_dir_is_a_clear_error(tmp_path):
+    # Missing or empty: TFDS's own check, with our layout instructions in the message.
+    with pytest.raises(AssertionError, match=r"(?s)nothing does not exist.*train-clean-100/19/198"):
         _build(sd.LibrispeechManual, tmp_path / "nothing", tmp_path / "data")
+    # Present but not the corpus (e.g. the tarballs not extracted).
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "train-clean-100.tar.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"no corpus found in manual_dir .*wrong.*\n.*19-198"):
+        _build(sd.LibrispeechManual, tmp_path / "wrong", tmp_path / "data")
 
 
 def test_beam_direct_runner_writes_the_same_examples_and_counts(tmp_path):

@@ -45,6 +45,14 @@ from absl import logging
 
 from audiochat_jax.audio import io as audio_io
 
+if __name__ == "__main__":
+    # `python -m` runs this file as `__main__`: hand over to the importable module before any
+    # builder is defined here (TFDS finds a builder's files, and Beam pickles its functions,
+    # by module name; defining them twice would also register each name twice).
+    from audiochat_jax.data import speech_datasets as _module
+    _module.main()
+    raise SystemExit(0)
+
 SAMPLE_RATE = 16000
 _NAMESPACE = "audiochat_jax"
 
@@ -310,3 +318,36 @@ class SpeechManifest(ManualSpeechBuilder):
         path = audio if os.path.isabs(audio) else os.path.join(manual_dir, audio)
         uid = str(entry.get("id") or os.path.splitext(os.path.basename(audio))[0])
         yield load_example(path, uid, str(text), str(entry.get("speaker", "")))
+
+
+BUILDERS = {"librispeech_manual": LibrispeechManual, "mls_english_manual": MlsEnglishManual,
+            "speech_manifest": SpeechManifest}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m audiochat_jax.data.speech_datasets --dataset NAME --manual_dir DIR
+    --data_dir OUT [--beam] [Beam pipeline options...]`` (see docs/datasets.md)."""
+    import argparse
+    p = argparse.ArgumentParser(
+        description="Build a speech TFDS dataset from a local corpus. Unrecognised --flags are "
+                    "Apache Beam pipeline options (e.g. --runner=DataflowRunner --project=P "
+                    "--region=R --temp_location=gs://B/tmp --setup_file=./setup.py) and imply --beam.",
+        epilog=__doc__.split("\n\n")[2])
+    p.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    p.add_argument("--manual_dir", required=True, help="the extracted corpus (see the layouts above)")
+    p.add_argument("--data_dir", required=True, help="TFDS data dir to write (local or gs://)")
+    p.add_argument("--beam", action="store_true", help="run as a Beam pipeline (DirectRunner "
+                   "unless --runner=... is given)")
+    args, beam_args = p.parse_known_args(argv)
+    kw = {}
+    if args.beam or beam_args:
+        from apache_beam.options.pipeline_options import PipelineOptions
+        kw["beam_options"] = PipelineOptions(beam_args or ["--runner=DirectRunner"])
+    builder = BUILDERS[args.dataset](data_dir=args.data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=args.manual_dir, **kw))
+    print(builder.data_path)
+    print({s: i.num_examples for s, i in builder.info.splits.items()},
+          "skipped:", builder.info.metadata["skipped"])
+
+

@@ -184,7 +184,9 @@ class ConvSubsampling(nn.Module):
         cfg = self.config
         k, c = cfg.subsampling_kernel_size, cfg.subsampling_channels
         pad = ((k - 1) // 2,) * 2
-        x = features[..., None].astype(jnp.dtype(cfg.dtype))  # [batch, time, mel, 1] (NHWC)
+        # Zero input frames past each length: the first conv's window reaches one frame beyond.
+        valid = jnp.arange(features.shape[1])[None, :] < lengths[:, None]
+        x = jnp.where(valid[..., None], features, 0)[..., None].astype(jnp.dtype(cfg.dtype))  # NHWC
 
         def conv(x, name, *, kernel, stride, groups, c_in_name):
             return nn.Conv(c, kernel, strides=stride, padding=(pad, pad) if kernel[0] > 1 else "VALID",
@@ -274,8 +276,9 @@ class RelPositionSelfAttention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
         content = jnp.einsum("bthd,bshd->bhts", q + pos_bias_u.astype(q.dtype), k)
         position = _rel_shift(jnp.einsum("bthd,phd->bhtp", q + pos_bias_v.astype(q.dtype), p))
-        scores = (content + position).astype(jnp.float32) / math.sqrt(dk)
-        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        # Softmax in at least float32 (bf16 compute would lose the small logits).
+        scores = (content + position).astype(jnp.promote_types(content.dtype, jnp.float32)) / math.sqrt(dk)
+        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
         out = jnp.einsum("bhts,bshd->bthd", probs, v)
@@ -400,7 +403,8 @@ def init_variables(config: ConformerConfig, rng: jax.Array, frames: int = 64, *,
     """Unboxed variables (``params`` and, with batch norm, ``batch_stats``) for ``config``."""
     model = ConformerCTC(config) if ctc else ConformerEncoder(config)
     feats = jnp.zeros((1, frames, config.n_mels), jnp.float32)
-    return nn.unbox(model.init(rng, feats, jnp.array([frames], jnp.int32)))
+    # jit: op-by-op init compiles every small op separately (tens of seconds on a busy CPU).
+    return nn.unbox(jax.jit(model.init)(rng, feats, jnp.array([frames], jnp.int32)))
 
 
 def save(path: str, config: ConformerConfig, variables: dict, *, features: dict, vocab: dict, **extra) -> None:

@@ -166,11 +166,37 @@ class Wav2Vec2Config:
             (max(lengths, 0) if isinstance(lengths, int) else lengths.clip(min=0))
 
 
-def _dense(cfg, features, names, name, bias_names=None, axis=-1):
-    return nn.DenseGeneral(
-        features, axis=axis, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_names or names[-1:]))
+class Dense(nn.Module):
+    """``x[..., *in] @ kernel[*in, *features] + bias[*features]`` with logical names.
+
+    Written out rather than ``nn.DenseGeneral``: DenseGeneral initialises a flat 2-D kernel
+    and reshapes it, and linen re-runs that init under ``eval_shape`` at apply time to check
+    shapes, where the 2-D value meets the 3-name logical constraint and fails on a mesh.
+    """
+    features: tuple[int, ...]
+    names: tuple[str, ...]        # kernel axes: contracted input axes, then feature axes
+    bias_names: tuple[str, ...]
+    n_in: int = 1                 # trailing input axes contracted
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        shape = x.shape[x.ndim - self.n_in:] + self.features
+        init = nn.initializers.lecun_normal(in_axis=tuple(range(self.n_in)),
+                                            out_axis=tuple(range(self.n_in, len(shape))))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), shape,
+                            jnp.dtype(self.param_dtype))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_names),
+                          self.features, jnp.dtype(self.param_dtype))
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        return y + bias.astype(self.dtype)
+
+
+def _dense(cfg, features, names, name, bias_names=None, n_in=1):
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return Dense(features, names, bias_names or names[-1:], n_in, cfg.dtype, cfg.param_dtype, name=name)
 
 
 def _layer_norm(cfg, name, eps=None):
@@ -261,7 +287,7 @@ class SelfAttention(nn.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths.astype(jnp.int32))
         return _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out_proj",
-                      bias_names=("norm",), axis=(-2, -1))(out)
+                      bias_names=("norm",), n_in=2)(out)
 
 
 class FeedForward(nn.Module):
