@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "sacrebleu>=2.4,<3",
     # Reading HF checkpoints (config.json + safetensors) needs no torch.
     "safetensors>=0.4,<1",
+    # tfds 4.9.x imports it in DatasetBuilder.code_path but declares it only for Python<3.9.
+    "importlib_resources>=6",
 ]
 
 EXTRAS = {

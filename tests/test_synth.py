@@ -115,3 +115,10 @@ def test_rerun_reuses_and_changed_input_needs_overwrite(tmp_path):
                 "--overwrite", "--split", "test_seen"])
     b = tfds.builder_from_directory(path)
     assert list(b.info.splits) == ["test_seen"] and b.info.splits["test_seen"].num_examples == 2
+
+
+def test_caller_transcript_overrides_default_normalisation():
+    jobs = synth.plan([{"text": "Add 7 and 5.", "transcript": "add seven and five"},
+                       {"text": "Add 7 and 5."}], synth.SynthConfig())
+    assert [j["text"] for j in jobs] == ["add seven and five", "add 7 and 5"]
+    assert jobs[0]["spoken"] == "Add 7 and 5."

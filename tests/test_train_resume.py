@@ -7,10 +7,12 @@ checkpoint carries params, optimizer state, RNG and the input position.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -19,28 +21,40 @@ from audiochat_jax.train import metrics
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 40
 ARGS = ["--config", os.path.join(REPO, "configs/smoke_toy.py"), f"--config.total_steps={TOTAL}",
-        "--config.log_every=1", "--config.checkpoint.every_steps=5", "--config.toy.batch_delay_s=0.05"]
+        "--config.log_every=1", "--config.checkpoint.every_steps=5", "--config.toy.batch_delay_s=0.1"]
 
 
-def _start(workdir):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "audiochat_jax.train", *ARGS, f"--workdir={workdir}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+class _Run:
+    """The CLI in a subprocess; a thread reads its stdout as it comes, so a signal can be
+    sent at a known step even while this process is busy."""
 
+    def __init__(self, workdir):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "audiochat_jax.train", *ARGS, f"--workdir={workdir}"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
 
-def _wait_for_step(proc, step):
-    """Reads stdout until the line of ``step``; returns the lines read."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(f"[train] step {step}:"):
-            return lines
-    raise AssertionError(f"run ended (rc={proc.wait()}) before step {step}:\n{''.join(lines)}")
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
 
+    def wait_for_step(self, step):
+        """Blocks until the line of ``step`` is printed; returns all lines so far."""
+        while (line := self.lines.get(timeout=300)) is not None:
+            self.seen.append(line)
+            if line.startswith(f"[train] step {step}:"):
+                return self.seen
+        raise AssertionError(f"run ended (rc={self.proc.wait()}) before step {step}:\n{''.join(self.seen)}")
 
-def _finish(proc):
-    out, _ = proc.communicate(timeout=300)
-    return proc.returncode, out
+    def finish(self):
+        rc = self.proc.wait(timeout=300)
+        while (line := self.lines.get(timeout=60)) is not None:
+            self.seen.append(line)
+        return rc, "".join(self.seen)
 
 
 def _losses(workdir):
@@ -66,27 +80,27 @@ def _reference_losses(workdir):
 
 def test_sigterm_then_sigkill_then_resume_reproduce_the_uninterrupted_loss_curve(tmp_path):
     workdir = str(tmp_path / "run")
-    proc = _start(workdir)
+    run = _Run(workdir)
     want = _reference_losses(str(tmp_path / "reference"))  # while the subprocess starts up
     assert sorted(want) == list(range(1, TOTAL + 1))
 
     # SIGTERM mid-run: the current step is saved and the process exits 0.
-    _wait_for_step(proc, 8)
-    proc.send_signal(signal.SIGTERM)
-    rc, out = _finish(proc)
+    run.wait_for_step(8)
+    run.proc.send_signal(signal.SIGTERM)
+    rc, out = run.finish()
     assert rc == 0, out
     saved = int(re.search(r"preempted: saved step (\d+)", out).group(1))
     assert 8 <= saved < TOTAL - 10, out
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
 
     # The rerun resumes from it; SIGKILL it mid-run: only periodic checkpoints survive.
-    proc = _start(workdir)
-    lines = _wait_for_step(proc, saved + 8)
+    run = _Run(workdir)
+    lines = run.wait_for_step(saved + 8)
     assert any(f"checkpoints step {saved}" in line for line in lines), lines
-    proc.kill()
-    proc.wait()
+    run.proc.kill()
+    run.proc.wait()
 
-    rc, out = _finish(_start(workdir))
+    rc, out = _Run(workdir).finish()
     assert rc == 0, out
     resumed = int(re.search(r"resumed from .*checkpoints step (\d+)", out).group(1))
     assert saved < resumed < TOTAL and resumed % 5 == 0, out

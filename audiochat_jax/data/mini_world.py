@@ -421,7 +421,8 @@ class MiniWorld:
         train = []
         for k, share in ASR_MIX.items():
             train += pools[k][:round(share * n_asr_train)]
-        extra = [t for t in pools["description"] if t not in set(train)]
+        taken = set(train)
+        extra = [t for t in pools["description"] if t not in taken]
         train += extra[:max(0, n_asr_train - len(train))]
         self._asr["train"] = sorted(train)
         self._asr["test"] = sorted(self._asr["test"])

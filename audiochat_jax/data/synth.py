@@ -3,7 +3,9 @@
     python -m audiochat_jax.data.synth --sentences sentences.jsonl --out work/speech \\
         --seed 0 --noise_prob 0.3
 
-Each input sentence (``{"text", "split"?, "id"?}``; a .txt file is one sentence a line) is
+Each input sentence (``{"text", "split"?, "id"?, "transcript"?}``: "transcript" overrides the
+default ``normalize_text(text)`` record text, e.g. the mini world's ``normalize_transcript``;
+a .txt file is one sentence a line) is
 spoken ``renditions[split]`` times (default once), each by a voice ``ACCENT+VARIANT`` drawn
 with a rate and pitch from the ranges in ``SynthConfig``, optionally with white noise at an
 SNR drawn from ``noise_snr_db``. Voices whose accent is in ``unseen_accents`` or whose
@@ -128,7 +130,8 @@ def plan(items: Iterable[str | Mapping[str, str]], config: SynthConfig) -> list[
             rng = np.random.default_rng([config.seed, i])
             pool = pools[split in config.unseen_splits]
             job = {"id": str(it.get("id") or f"{split}-{n:06d}") + (f"-r{r}" if r else ""),
-                   "split": split, "spoken": it["text"], "text": normalize_text(it["text"]),
+                   "split": split, "spoken": it["text"],
+                   "text": it.get("transcript") or normalize_text(it["text"]),
                    "voice": pool[rng.integers(len(pool))],
                    "rate": int(rng.integers(config.rate[0], config.rate[1] + 1)),
                    "pitch": int(rng.integers(config.pitch[0], config.pitch[1] + 1)),
