@@ -94,3 +94,24 @@ def export_meta_checkpoint(model, path, n_shards=2, dtype=torch.float32):
     with open(os.path.join(path, "params.json"), "w") as f:
         json.dump(params, f)
     return str(path)
+
+
+def random_llama_params(cfg, seed=0, std=0.2):
+    """Random params for an audiochat_jax LlamaConfig, drawn with numpy.
+
+    Shapes come from ``jax.eval_shape`` (tracing only): compiling the threefry random init
+    of even a tiny model takes tens of seconds on a busy 2-core CPU. Norm scales are
+    1 + N(0, 0.2) so a dropped scale shows. Returns a tree of float32 numpy arrays.
+    """
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    from audiochat_jax.models.llama import init_params
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    rng = np.random.RandomState(seed)
+
+    def draw(x):
+        if x.ndim == 1:
+            return (1.0 + 0.2 * rng.randn(*x.shape)).astype(np.float32)
+        return (std * rng.randn(*x.shape)).astype(np.float32)
+    return jax.tree_util.tree_map(draw, shapes)

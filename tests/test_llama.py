@@ -15,7 +15,7 @@ from audiochat_jax.convert.llama import convert_hf
 from audiochat_jax.models.llama import (LLAMA2_SIZES, Llama, LlamaConfig, init_cache, init_params,
                                         stack_layer_params)
 from audiochat_jax.parallel import sharding
-from llama_fixtures import make_hf_llama
+from llama_fixtures import make_hf_llama, random_llama_params
 
 TOL = 1e-4
 TINY = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=40,
@@ -28,9 +28,7 @@ def _unbox(tree):
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    # init_std 0.2 instead of 0.02 so the layers do something visible
-    params = jax.jit(lambda: _unbox(init_params(TINY, jax.random.key(0))))()
-    return jax.tree_util.tree_map(lambda x: x * 10.0 if x.ndim >= 2 else x, params)
+    return random_llama_params(TINY, seed=0)
 
 
 def _positions(mask):
@@ -89,26 +87,35 @@ def test_gradient_reaches_spliced_embeddings_only_through_inputs(tiny_params):
     np.testing.assert_allclose(float(jnp.vdot(g, d)), float(fd), rtol=2e-2)
 
 
+_SR_TOKENS = np.random.RandomState(4).randint(0, 61, (2, 6)).astype(np.int32)
+_SR_MASK = np.array([[1] * 6, [0, 0, 1, 1, 1, 1]], bool)
+
+
+def _logits_and_input_grad(cfg, params, emb):
+    """(logits, d sum(logits) / d embeddings) in one jitted call."""
+    pos = _positions(_SR_MASK)
+
+    def f(e):
+        out = Llama(cfg).apply({"params": params}, embeddings=e, positions=pos, mask=_SR_MASK)
+        return out.sum(), out
+    (_, logits), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(emb)
+    return np.asarray(logits), np.asarray(grad)
+
+
+@pytest.fixture(scope="module")
+def plain_reference(tiny_params):
+    emb = jax.jit(lambda t: Llama(TINY).apply({"params": tiny_params}, t, method=Llama.embed))(_SR_TOKENS)
+    return emb, _logits_and_input_grad(TINY, tiny_params, emb)
+
+
 @pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots_no_batch")])
-def test_scan_layers_and_remat_give_same_logits_and_grads(tiny_params, scan, remat):
-    tokens = np.random.RandomState(4).randint(0, 61, (2, 6)).astype(np.int32)
-    mask = np.array([[1] * 6, [0, 0, 1, 1, 1, 1]], bool)
-    pos = _positions(mask)
+def test_scan_layers_and_remat_give_same_logits_and_grads(tiny_params, plain_reference, scan, remat):
     cfg = TINY.replace(scan_layers=scan, remat_policy=remat)
     params = stack_layer_params(tiny_params, TINY.n_layers) if scan else tiny_params
-    plain, variant = Llama(TINY), Llama(cfg)
-
-    def fwd(model, p):
-        def f(e):
-            return model.apply({"params": p}, embeddings=e, positions=pos, mask=mask)
-        return f
-
-    emb = jax.jit(lambda t: plain.apply({"params": tiny_params}, t, method=Llama.embed))(tokens)
-    np.testing.assert_allclose(np.asarray(jax.jit(fwd(variant, params))(emb)),
-                               np.asarray(jax.jit(fwd(plain, tiny_params))(emb)), atol=1e-5, rtol=0)
-    g_plain = jax.jit(jax.grad(lambda e: fwd(plain, tiny_params)(e).sum()))(emb)
-    g_var = jax.jit(jax.grad(lambda e: fwd(variant, params)(e).sum()))(emb)
-    np.testing.assert_allclose(np.asarray(g_var), np.asarray(g_plain), atol=1e-4, rtol=1e-5)
+    emb, (ref_logits, ref_grad) = plain_reference
+    logits, grad = _logits_and_input_grad(cfg, params, emb)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
@@ -148,16 +155,15 @@ def test_every_kernel_has_logical_axis_names_and_shards_on_8_devices(tiny_params
     cfg = TINY.replace(vocab_size=64, n_kv_heads=2)
     mesh = sharding.make_mesh((2, 2, 2))
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    shardings = sharding.logical_to_sharding(abstract, mesh)
+    shardings = _unbox(sharding.logical_to_sharding(abstract, mesh))
+    host = random_llama_params(cfg, seed=1)
+    tokens = np.arange(8 * 5, dtype=np.int32).reshape(8, 5) % 64
+    pos, mask = np.tile(np.arange(5, dtype=np.int32), (8, 1)), np.ones((8, 5), bool)
     with jax.set_mesh(mesh), sharding.axis_rules():
-        params = jax.jit(lambda: _unbox(init_params(cfg, jax.random.key(0))),
-                         out_shardings=_unbox(shardings))()
+        params = jax.device_put(host, shardings)
         assert params["layers_0"]["mlp"]["gate"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-        tokens = np.arange(8 * 5, dtype=np.int32).reshape(8, 5) % 64
-        pos, mask = np.tile(np.arange(5, dtype=np.int32), (8, 1)), np.ones((8, 5), bool)
         sharded = jax.jit(lambda p, t: Llama(cfg).apply({"params": p}, t, positions=pos, mask=mask))(
             params, jax.device_put(tokens, sharding.batch_sharding(mesh, 2)))
-    host = jax.device_put(jax.device_get(params), jax.devices()[0])
     plain = jax.jit(Llama(cfg).apply)({"params": host}, tokens, positions=pos, mask=mask)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), atol=1e-5, rtol=0)
 

@@ -277,7 +277,7 @@ def test_every_param_has_known_logical_axes_and_sharded_apply_matches(n_devices)
     mesh = sharding.make_mesh((2, 2, 2))
     shardings = sharding.logical_to_sharding(boxed, mesh)  # raises on a name outside the vocabulary
     variables = jax.jit(model.init, out_shardings=shardings)(jax.random.key(0), x, n)
-    expected, _ = model.apply(nn.unbox(jax.device_get(variables)), x, n)
+    expected, _ = jax.jit(model.apply)(nn.unbox(jax.device_get(variables)), x, n)
     with jax.set_mesh(mesh), sharding.axis_rules():
         got, _ = jax.jit(model.apply)(variables, jax.device_put(x, sharding.batch_sharding(mesh, 2)), n)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
@@ -296,6 +296,6 @@ def test_remat_gives_same_grads_and_training_mode_is_stochastic_and_finite():
     flat = [np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g)]) for g in grads]
     assert np.all(np.isfinite(flat[0])) and np.abs(flat[0]).sum() > 0
     np.testing.assert_allclose(flat[1], flat[0], rtol=1e-5, atol=1e-6)
-    ev, _ = model.apply(variables, x, n)
-    tr, _ = model.apply(variables, x, n, train=True, rngs={"dropout": jax.random.key(3)})
+    ev, tr = jax.jit(lambda v: (model.apply(v, x, n)[0],
+                                model.apply(v, x, n, train=True, rngs={"dropout": jax.random.key(3)})[0]))(variables)
     assert np.all(np.isfinite(np.asarray(ev))) and float(jnp.abs(tr - ev).max()) > 1e-3

@@ -560,7 +560,7 @@ class MiniWorld:
         r1 = parse_numbers(first_answer.split())[0][2]
         while True:
             op, c = rng.choice(("plus", "minus", "times")), rng.randint(1, 10)
-            if op == "times" and r1 > 10 or op == "minus" and c > r1 or r1 + c > 100:
+            if not 0 <= OPS[op](r1, c) <= 100:  # keep results within the taught range
                 continue
             if _arith_key(r1, op, c) in self.heldout_arith:
                 continue

@@ -191,7 +191,9 @@ class ConvSubsampling(nn.Module):
         def conv(x, name, *, kernel, stride, groups, c_in_name):
             return nn.Conv(c, kernel, strides=stride, padding=(pad, pad) if kernel[0] > 1 else "VALID",
                            feature_group_count=groups, name=name,
-                           kernel_init=_kernel(("conv_k", "conv_k", c_in_name, "conv_out")),
+                           # A name may not repeat: the mel-tap axis stays unnamed (replicated,
+                           # like conv_k).
+                           kernel_init=_kernel(("conv_k", None, c_in_name, "conv_out")),
                            bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
 
         def mask_time(x, lengths):
@@ -251,6 +253,37 @@ def _rel_shift(scores: jax.Array) -> jax.Array:
     return scores[..., :t]
 
 
+class HeadProjection(nn.Module):
+    """[..., d_model] -> [..., heads, head_dim] with an ``('embed', 'heads', 'kv')`` kernel, or
+    with ``merge=True`` [..., heads, head_dim] -> [..., d_model] with ``('heads', 'kv', 'embed')``.
+
+    Not ``nn.DenseGeneral``: it initialises a flattened 2-D kernel and reshapes, so its
+    3 logical names cannot be applied while a mesh is active.
+    """
+    heads: int
+    head_dim: int
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    merge: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h, dk = self.heads, self.head_dim
+        if self.merge:
+            d = h * dk
+            kernel = self.param("kernel", _kernel(("heads", "kv", "embed")), (h, dk, d), self.param_dtype)
+            y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
+            bias_shape, bias_names = (d,), ("norm",)
+        else:
+            kernel = self.param("kernel", _kernel(("embed", "heads", "kv")), (x.shape[-1], h, dk), self.param_dtype)
+            y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+            bias_shape, bias_names = (h, dk), ("heads", "kv")
+        if self.use_bias:
+            y = y + self.param("bias", _zeros(bias_names), bias_shape, self.param_dtype).astype(self.dtype)
+        return y
+
+
 class RelPositionSelfAttention(nn.Module):
     """Multi-head self-attention with Transformer-XL relative positions (pos_bias_u / v).
 
@@ -265,9 +298,10 @@ class RelPositionSelfAttention(nn.Module):
         cfg = self.config
         h, dk = cfg.n_heads, cfg.head_dim
 
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
         def proj(name, inp, bias=cfg.use_bias):
-            return nn.DenseGeneral((h, dk), use_bias=bias, name=name, kernel_init=_kernel(("embed", "heads", "kv")),
-                                   bias_init=_zeros(("heads", "kv")), **_dtypes(cfg))(inp)
+            return HeadProjection(h, dk, bias, dtype, pdtype, name=name)(inp)
 
         q, k, v = proj("linear_q", x), proj("linear_k", x), proj("linear_v", x)  # [b, T, h, dk]
         p = proj("linear_pos", pos.astype(x.dtype), bias=False)                  # [2T-1, h, dk]
@@ -284,9 +318,7 @@ class RelPositionSelfAttention(nn.Module):
         out = jnp.einsum("bhts,bshd->bthd", probs, v)
         # A padded query has no valid keys of its own meaning; zero it (NeMo does the same).
         out = jnp.where(mask[:, :, None, None], out, 0)
-        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, name="linear_out",
-                               kernel_init=_kernel(("heads", "kv", "embed")), bias_init=_zeros(("norm",)),
-                               **_dtypes(cfg))(out)
+        return HeadProjection(h, dk, cfg.use_bias, dtype, pdtype, merge=True, name="linear_out")(out)
 
 
 class ConvModule(nn.Module):

@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from ml_collections import config_dict
 
+from audiochat_jax import model_dir
 from audiochat_jax.parallel import sharding
 from audiochat_jax.train import checkpoint, metrics, optimizer, tasks
 from audiochat_jax.train.state import TrainState
@@ -105,58 +105,69 @@ def _microbatches(batch: dict, n: int) -> dict:
 
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1):
-    """``step(state, frozen, batch) -> (state, metrics)``.
+    """``step(state, frozen, batch) -> (state, metrics)`` for a task's ``loss_fn``.
 
-    Gradients are taken w.r.t. ``state.params`` only (``frozen`` is a constant input). With
-    ``grad_accum_steps > 1`` the batch is scanned in microbatches and their gradients
-    averaged, weighted by ``aux["tokens_sum"]`` when the task reports it (exact token mean).
-    A step whose loss or gradient norm is not finite leaves params and optimizer state
-    unchanged and increments ``nonfinite_streak`` (the loop stops the run when it is too
-    long). Written by hand rather than ``optax.apply_if_finite`` because that checks the
-    gradients only and, after its limit, applies the bad update instead of stopping.
+    Gradients are taken w.r.t. ``state.params`` only (``frozen`` and ``state.model_state``
+    are inputs; the forward pass may return a new model_state, e.g. batch-norm statistics).
+    With ``grad_accum_steps > 1`` the batch is scanned in microbatches (model_state threaded
+    through them) and their gradients averaged, weighted by ``aux["tokens_sum"]`` when the
+    task reports it (exact token mean). A step whose loss or gradient norm is not finite
+    leaves params, model_state and optimizer state unchanged and increments
+    ``nonfinite_streak`` (the loop stops the run when it is too long). Written by hand
+    rather than ``optax.apply_if_finite`` because that checks the gradients only and, after
+    its limit, applies the bad update instead of stopping.
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def params_loss(params, model_state, frozen, batch, rng):
+        loss, aux = loss_fn({"params": params, **model_state}, frozen, batch, rng)
+        aux = dict(aux)
+        return loss, (aux, aux.pop("model_state", model_state))
+
+    grad_fn = jax.value_and_grad(params_loss, has_aux=True)
 
     def weight_of(aux):
         return aux.get("tokens_sum", jnp.ones((), jnp.float32)).astype(jnp.float32)
 
-    def loss_and_grads(params, frozen, batch, rng):
+    def loss_and_grads(params, model_state, frozen, batch, rng):
         if grad_accum_steps == 1:
-            (loss, aux), grads = grad_fn(params, frozen, batch, rng)
-            return loss, aux, grads
+            (loss, (aux, model_state)), grads = grad_fn(params, model_state, frozen, batch, rng)
+            return loss, aux, model_state, grads
+        micro = _microbatches(batch, grad_accum_steps)
 
         def body(carry, xs):
-            micro, index = xs
-            (loss, aux), grads = grad_fn(params, frozen, micro, jax.random.fold_in(rng, index))
+            sums, model_state = carry
+            mb, index = xs
+            (loss, (aux, model_state)), grads = grad_fn(params, model_state, frozen, mb,
+                                                        jax.random.fold_in(rng, index))
             w = weight_of(aux)
             scaled = {k: v if k.endswith("_sum") else w * v for k, v in aux.items()}
             add = (w * loss, jax.tree.map(lambda g: w * g, grads), scaled, w)
-            return jax.tree.map(jnp.add, carry, add), None
+            return (jax.tree.map(jnp.add, sums, add), model_state), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        _, aux_shape = jax.eval_shape(loss_fn, params, frozen,
-                                      jax.tree.map(lambda x: x[0], _microbatches(batch, grad_accum_steps)), rng)
-        aux0 = {k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape.items()}
-        init = (jnp.zeros((), jnp.float32), zeros, aux0, jnp.zeros((), jnp.float32))
-        xs = (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps))
-        (loss, grads, aux, total), _ = jax.lax.scan(body, init, xs)
+        _, (aux_shape, _) = jax.eval_shape(params_loss, params, model_state, frozen,
+                                           jax.tree.map(lambda x: x[0], micro), rng)
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params),
+                 {k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape.items()},
+                 jnp.zeros((), jnp.float32))
+        ((loss, grads, aux, total), model_state), _ = jax.lax.scan(
+            body, (zeros, model_state), (micro, jnp.arange(grad_accum_steps)))
         aux = {k: v if k.endswith("_sum") else v / total for k, v in aux.items()}
-        return loss / total, aux, jax.tree.map(lambda g: g / total, grads)
+        return loss / total, aux, model_state, jax.tree.map(lambda g: g / total, grads)
 
     def step(state: TrainState, frozen, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        loss, aux, grads = loss_and_grads(state.params, frozen, batch, rng)
+        loss, aux, model_state, grads = loss_and_grads(state.params, state.model_state, frozen, batch, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
         new_state = state.replace(
             step=state.step + 1,
             params=keep_if_finite(params, state.params),
+            model_state=keep_if_finite(model_state, state.model_state),
             opt_state=keep_if_finite(opt_state, state.opt_state),
-            nonfinite_streak=streak,
+            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         out = dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
                    param_norm=optax.tree.norm(new_state.params),
@@ -189,21 +200,34 @@ def state_shardings(init_fn, rng, mesh) -> tuple[Any, Any]:
     return abstract, shardings
 
 
-def init_train_state(task: tasks.Task, tx, mesh, seed: int):
-    """Params born sharded: ``eval_shape`` -> shardings -> ``jit(init, out_shardings)``.
-
-    Returns ``(state, abstract_state, shardings)``.
-    """
+def train_state_shapes(task: tasks.Task, tx, mesh, seed: int):
+    """``(init, abstract_state, shardings)``: shapes and shardings without allocating, and
+    ``init()`` that creates the state born sharded (``jit(init, out_shardings)``)."""
     def init_fn(rng):
         init_rng, state_rng = jax.random.split(rng)
-        params = task.init(init_rng)
-        return TrainState.create(params, tx.init(params), state_rng)
+        variables = dict(task.init(init_rng))
+        if "params" not in variables:
+            raise ValueError(f"task init returned {sorted(variables)}; it must return model.init's "
+                             "variables dict, with a 'params' collection")
+        params = variables.pop("params")
+        return TrainState.create(params, variables, tx.init(params), state_rng)
 
     rng = jax.random.PRNGKey(seed)
     with jax.set_mesh(mesh), sharding.axis_rules():
         abstract, shardings = state_shardings(init_fn, rng, mesh)
-        state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
-    return state, abstract, shardings
+    jitted = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)
+
+    def init():
+        with jax.set_mesh(mesh), sharding.axis_rules():
+            return jitted(rng)
+
+    return init, abstract, shardings
+
+
+def init_train_state(task: tasks.Task, tx, mesh, seed: int):
+    """``(state, abstract_state, shardings)`` with the state initialised, born sharded."""
+    init, abstract, shardings = train_state_shapes(task, tx, mesh, seed)
+    return init(), abstract, shardings
 
 
 def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1):
@@ -265,8 +289,8 @@ def train(config, workdir: str) -> dict:
 
     # --- Model and optimizer shapes -> shardings; params born sharded ------------------
     tx, schedule = optimizer.make_optimizer(config)
-    state, abstract_state, shardings = init_train_state(task, tx, mesh, config.seed)
-    trainable, total = optimizer.trainable_fraction(state.params, config.optimizer.frozen_patterns)
+    init_state, abstract_state, shardings = train_state_shapes(task, tx, mesh, config.seed)
+    trainable, total = optimizer.trainable_fraction(abstract_state.params, config.optimizer.frozen_patterns)
     log(f"task {config.task}: {total:,} parameters, {trainable:,} trainable")
 
     # --- Update step -------------------------------------------------------------------
@@ -276,7 +300,8 @@ def train(config, workdir: str) -> dict:
     # 1. this workdir's latest checkpoint (a restart after preemption or a crash),
     # 2. config.resume_from: another run's checkpoint (state + data position),
     # 3. config.init_from: a model directory's params (fresh optimizer, data from the start),
-    # 4. scratch (the sharded init above).
+    # 4. scratch.
+    # Only 3 and 4 run the initialiser; restores write straight onto the shardings.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
                                    config.checkpoint.keep, config.checkpoint.async_save)
     start = ckpt.latest_step()
@@ -289,10 +314,11 @@ def train(config, workdir: str) -> dict:
         train_iter.set_state(data_state)
         log(f"resumed from {config.resume_from} step {start}")
     elif config.init_from:
-        from audiochat_jax import model_dir
         _, params = model_dir.load_model_dir(config.init_from, None, abstract_state.params)
-        state = state.replace(params=params)
+        state = init_state().replace(params=params)
         log(f"initialised params from model directory {config.init_from}")
+    else:
+        state = init_state()
     start = int(start or 0)
 
     # --- Compile before the loop (sharding/OOM errors surface before training) ---------
@@ -304,7 +330,9 @@ def train(config, workdir: str) -> dict:
             t0 = time.perf_counter()
             with jax.set_mesh(mesh), sharding.axis_rules():
                 compiled[key] = step_fn.lower(state, task.frozen, batch).compile()
-            flops = _log_compiled(compiled[key], time.perf_counter() - t0, log)
+            seconds = time.perf_counter() - t0
+            flops = _log_compiled(compiled[key], seconds, log)
+            writer.exclude(seconds)
             writer.flops_per_step = task.flops_per_step or flops * jax.device_count()
         return compiled[key]
 
@@ -319,8 +347,10 @@ def train(config, workdir: str) -> dict:
     # --- Evals -------------------------------------------------------------------------
     def evaluate(step):
         if task.evaluate is not None:
-            result["eval"] = task.evaluate(state.params, task.frozen)
+            t0 = time.perf_counter()
+            result["eval"] = task.evaluate(state.variables, task.frozen)
             writer.write(step, result["eval"], prefix="eval")
+            writer.exclude(time.perf_counter() - t0)  # eval time is not step time
 
     # --- Loop --------------------------------------------------------------------------
     try:
@@ -361,7 +391,7 @@ def train(config, workdir: str) -> dict:
         # --- Export ----------------------------------------------------------------------
         if task.export is not None:
             out_dir = config.export_dir or os.path.join(workdir, "model")
-            task.export(state.params, out_dir)
+            task.export(state.variables, out_dir)
             log(f"exported params to {out_dir}")
         return result
     finally:

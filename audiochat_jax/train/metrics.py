@@ -73,13 +73,18 @@ class MetricsWriter:
         self._sum: dict[str, Any] | None = None
         self._count = 0
         self._t0 = time.perf_counter()
+        self._excluded = 0.0
         self._tb = _EventWriter(logdir) if self.primary else None
         self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not self.primary,
                               dynamic_ncols=True, mininterval=1.0, desc="train")
 
     def restart_clock(self) -> None:
         """Call after compilation so the first interval's step_time measures steps only."""
-        self._t0 = time.perf_counter()
+        self._t0, self._excluded = time.perf_counter(), 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Time spent inside the interval on something else (eval, a new bucket's compile)."""
+        self._excluded += seconds
 
     def step(self, step: int, metrics: Mapping[str, jax.Array], force: bool = False) -> dict | None:
         """Records the metrics of completed step ``step``; logs at interval ends (or ``force``)."""
@@ -90,7 +95,7 @@ class MetricsWriter:
         if not (force or step % self.log_every == 0):
             return None
         host = {k: float(np.asarray(v)) for k, v in jax.device_get(self._sum).items()}
-        elapsed = time.perf_counter() - self._t0
+        elapsed = time.perf_counter() - self._t0 - self._excluded
         out = {k[:-4] if k.endswith("_sum") else k: (v if k.endswith("_sum") else v / self._count)
                for k, v in host.items()}
         out["step_time"] = elapsed / self._count
@@ -98,7 +103,8 @@ class MetricsWriter:
             out["tokens_per_s"] = out["tokens"] / max(elapsed, 1e-9)
         if self.flops_per_step and self.peak_total:
             out["mfu"] = self.flops_per_step / out["step_time"] / self.peak_total
-        self._sum, self._count, self._t0 = None, 0, time.perf_counter()
+        self._sum, self._count = None, 0
+        self.restart_clock()
         self.write(step, out, prefix="train")
         return out
 

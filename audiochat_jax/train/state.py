@@ -20,6 +20,8 @@ class TrainState:
 
     step:             int32 []  number of completed steps (skipped non-finite steps count).
     params:           trainable parameters (plain arrays, unboxed, sharded).
+    model_state:      the model's other variable collections, updated by the forward pass
+                      rather than by gradients (e.g. ``{"batch_stats": ...}``); ``{}`` if none.
     opt_state:        optax state for ``params``.
     rng:              PRNG key; the step uses ``fold_in(rng, step)`` so a resumed run draws
                       exactly the random numbers the uninterrupted one would.
@@ -29,13 +31,19 @@ class TrainState:
 
     step: jax.Array
     params: Any
+    model_state: Any
     opt_state: Any
     rng: jax.Array
     nonfinite_streak: jax.Array
     nonfinite_total: jax.Array
 
     @classmethod
-    def create(cls, params: Any, opt_state: Any, rng: jax.Array) -> "TrainState":
+    def create(cls, params: Any, model_state: Any, opt_state: Any, rng: jax.Array) -> "TrainState":
         zero = jnp.zeros((), jnp.int32)
-        return cls(step=zero, params=params, opt_state=opt_state, rng=rng,
+        return cls(step=zero, params=params, model_state=model_state, opt_state=opt_state, rng=rng,
                    nonfinite_streak=zero, nonfinite_total=zero)
+
+    @property
+    def variables(self) -> dict:
+        """``{"params": ..., **model_state}``: what ``model.apply`` and the exporters take."""
+        return {"params": self.params, **self.model_state}

@@ -39,16 +39,20 @@ class DataIterator(Protocol):
 class Task:
     """What one task supplies.
 
-    init:       ``rng -> params`` with every leaf boxed by ``nn.with_logical_partitioning``
-                (the loop derives shardings from the names, then unboxes).
-    loss:       ``(params, frozen, batch, rng) -> (loss, aux)``, traced inside the jitted step:
-                ``loss`` a float32 scalar mean, ``aux`` a dict of float32 scalars (means, e.g.
-                ``accuracy``; keys ending ``_sum`` are totals, e.g. ``tokens_sum``, which also
-                weights microbatches under gradient accumulation so the mean stays exact).
+    init:       ``rng -> variables``, what ``model.init`` returns: ``{"params": ...}`` plus any
+                other collections (``"batch_stats"``); params boxed by
+                ``nn.with_logical_partitioning`` (the loop derives shardings from the names,
+                then unboxes). Only ``params`` are trained by gradient.
+    loss:       ``(variables, frozen, batch, rng) -> (loss, aux)``, traced inside the jitted
+                step: ``loss`` a float32 scalar mean, ``aux`` a dict of float32 scalars (means,
+                e.g. ``accuracy``; keys ending ``_sum`` are totals, e.g. ``tokens_sum``, which
+                also weights microbatches under gradient accumulation so the mean stays
+                exact) plus, when the forward pass updates collections, ``aux["model_state"]``
+                = the new non-param collections (``apply(..., mutable=["batch_stats"])``).
     train_data: ``() -> DataIterator`` yielding this host's share of ``config.batch_size``.
-    evaluate:   ``(params, frozen) -> {name: float}``, run on the host every
+    evaluate:   ``(variables, frozen) -> {name: float}``, run on the host every
                 ``config.eval_every`` steps and at the end (it may jit its own functions).
-    export:     ``(params, out_dir) -> None`` writes a model directory (model_dir.py) at the end.
+    export:     ``(variables, out_dir) -> None`` writes a model directory (model_dir.py) at the end.
     frozen:     a tree of sharded arrays passed to every step and eval, never updated or
                 differentiated (the LLM during alignment); ``None`` when there are none.
     flops_per_step: analytic FLOPs of one step over all devices (0: use XLA's cost analysis).

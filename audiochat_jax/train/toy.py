@@ -86,23 +86,23 @@ def toy_task(config, mesh) -> tasks.Task:
     model = MLP(cfg.hidden, cfg.out_dim)
 
     def init(rng):
-        return model.init(rng, jnp.zeros((1, cfg.in_dim), jnp.float32))["params"]
+        return model.init(rng, jnp.zeros((1, cfg.in_dim), jnp.float32))
 
-    def loss(params, frozen, batch, rng):
-        err = model.apply({"params": params}, batch["x"]) - batch["y"]
+    def loss(variables, frozen, batch, rng):
+        err = model.apply(variables, batch["x"]) - batch["y"]
         mse = jnp.mean(jnp.square(err))
         return mse, {"examples_sum": jnp.asarray(batch["x"].shape[0], jnp.float32)}
 
-    eval_loss = jax.jit(lambda params, batch: loss(params, None, batch, None)[0])
+    eval_loss = jax.jit(lambda variables, batch: loss(variables, None, batch, None)[0])
 
-    def evaluate(params, frozen):
+    def evaluate(variables, frozen):
         data = ToyData(cfg, config.batch_size, config.seed, stream=1)
         with jax.set_mesh(mesh), sharding.axis_rules():
-            losses = [eval_loss(params, tasks.device_batch(next(data), mesh)) for _ in range(4)]
+            losses = [eval_loss(variables, tasks.device_batch(next(data), mesh)) for _ in range(4)]
         return {"loss": float(np.mean(losses))}
 
-    def export(params, out_dir):
-        model_dir.save_model_dir(out_dir, "toy_mlp", cfg.to_dict(), params)
+    def export(variables, out_dir):
+        model_dir.save_model_dir(out_dir, "toy_mlp", cfg.to_dict(), variables["params"])
 
     return tasks.Task(init=init, loss=loss, evaluate=evaluate, export=export,
                       train_data=lambda: ToyData(cfg, config.batch_size, config.seed))

@@ -1,0 +1,488 @@
+"""Response precompute: the frozen LLM answers every transcript (the modal-invariance targets).
+
+    python -m audiochat_jax.responses --config configs/responses_example.py \\
+        --config.responses.llm_dir=work/llm --config.responses.out_dir=work/responses ...
+
+For every ``(id, text)`` of a speech split (a prepared TFDS dataset, or a JSONL of
+``{"id", "text"}``), the LLM answers the Llama-2 chat prompt ``encode_dialog(user turn =
+instruction with the transcript as {content})``; the answers are the targets the audio path
+is trained to reproduce. Output, under ``OUT = config.out_dir``::
+
+    provenance.json    who wrote the targets: LLM params fingerprint + config, tokenizer hash,
+                       template/system/instruction (+ the audio path's prefix/suffix ids),
+                       decoding settings, seed, plan, code version of every run
+    transcripts.jsonl  the input snapshot {"id", "text"}, dataset order (read once, process 0)
+    skipped.jsonl      every record not sent to the LLM: {"id", "reason", "detail"}
+    shards/shard-00003-of-00010.jsonl   per record, dataset order: {"id", "response_ids",
+                       "length", "truncated", "prompt_length", "response_text"}
+    responses.jsonl    all shards merged when the last one lands: what data/input.py joins
+                       (``load_responses(OUT)``)
+    summary.json       counts, prompt/response lengths, truncations, empty replies, skips
+
+``response_ids`` are exactly the tokens ``models.generate`` produced, up to and including the
+EOS when one came (``length == len(response_ids)``); ``truncated``: no EOS within
+``max_new_tokens`` (the ids stop mid-reply); an *empty* response is one whose first token is
+EOS. Skipped records (duplicate id, empty transcript, prompt too long, malformed JSONL line)
+are counted, logged and listed; they get no response, so data/input.py drops them as
+``no_response``.
+
+Plan (identical on every host: a pure function of transcripts.jsonl and the config): shard
+``k`` holds dataset records ``[k * shard_size, (k + 1) * shard_size)``; inside a shard the
+prompts are sorted by length and cut into global batches of ``batch_size`` rows, each left
+padded to a multiple of ``length_multiple`` tokens, so padding is small and ``generate``
+compiles once per width. The params are restored sharded by their logical axis names onto
+the mesh ``mesh_shape``; each batch is a global array split over (data, fsdp), built with
+``make_array_from_callback`` so every host feeds exactly its devices' rows; process 0
+gathers the answers and writes. Sampling (``temperature > 0``) uses the key
+``fold_in(fold_in(key(seed), shard), batch)``, so a resumed run samples what an
+uninterrupted one would.
+
+Resume: a shard file appears only by renaming a finished temporary file, so an existing
+shard is complete; a rerun skips it (after checking its ids against the plan) and refuses
+to go on if the model, tokenizer, prompt, decoding or plan differ from provenance.json.
+One job per OUT at a time (stale temporary files are deleted at start).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import uuid
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+
+from audiochat_jax.data import provenance as prov
+
+FORMAT = "audiochat_jax.responses/1"
+RESPONSES_FILE, SUMMARY_FILE, PROVENANCE_FILE = "responses.jsonl", "summary.json", "provenance.json"
+TRANSCRIPTS_FILE, SKIPPED_FILE, SHARDS_DIR = "transcripts.jsonl", "skipped.jsonl", "shards"
+# provenance.json sections that must match for a rerun to continue (paths may move; hashes not).
+IDENTITY = ("llm", "tokenizer", "prompt", "decoding", "data")
+_PATH_KEYS = ("dir", "path", "dataset_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponsesConfig:
+    """What ``config.responses`` holds (plain JSON-able fields)."""
+    llm_dir: str       # model directory (kind "llama") from convert or the mini `lm` stage
+    tokenizer: str     # the sentencepiece .model the LLM was trained with
+    dataset_dir: str   # prepared TFDS dataset dir (.../NAME/1.0.0), or a .jsonl of {"id", "text"}
+    out_dir: str
+    split: str = "train"              # TFDS split (unused for .jsonl)
+    instruction: str = "{content}"    # the user turn; {content} = transcript; a plain prefix
+                                      # "Continue:" means "Continue: {content}"
+    system: str = ""                  # system prompt ("" = none)
+    max_new_tokens: int = 64
+    max_prompt_length: int = 0        # 0: limited only by the LLM's max_seq_len - max_new_tokens
+    batch_size: int = 8               # global rows per generate call, over all hosts
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    shard_size: int = 1024            # dataset records per output shard
+    length_multiple: int = 16         # prompt widths are padded to a multiple (fewer compiles)
+    mesh_shape: tuple[int, ...] = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest
+
+    def __post_init__(self):
+        object.__setattr__(self, "mesh_shape", tuple(int(x) for x in self.mesh_shape))
+        for name in ("llm_dir", "tokenizer", "dataset_dir", "out_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"config.responses.{name} is not set; pass "
+                                 f"--config.responses.{name}=...")
+        for name in ("max_new_tokens", "batch_size", "shard_size", "length_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config.responses.{name}={getattr(self, name)} must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"config.responses: need temperature >= 0 and 0 < top_p <= 1 "
+                             f"(got {self.temperature}, {self.top_p})")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ResponsesConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config.responses: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mesh_shape"] = list(self.mesh_shape)
+        return d
+
+
+def default_config():
+    """``config.responses`` with defaults; the four paths are placeholders that must be set."""
+    import ml_collections
+    from ml_collections import config_dict
+    c = ml_collections.ConfigDict()
+    for f in dataclasses.fields(ResponsesConfig):
+        if f.default is dataclasses.MISSING:
+            c[f.name] = config_dict.placeholder(str)
+        else:
+            c[f.name] = f.default
+    return c
+
+
+class Item(NamedTuple):
+    index: int          # position in transcripts.jsonl (dataset order)
+    id: str
+    prompt: list[int]   # the full chat prompt token ids
+
+
+# ------------------------------------------------------------------ reading transcripts
+def read_transcripts(dataset_dir: str, split: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """``[(id, text)]`` in dataset order, and the malformed records (JSONL input only)."""
+    if dataset_dir.endswith(".jsonl"):
+        records, bad = [], []
+        with prov._gfile().GFile(dataset_dir) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    records.append((str(rec["id"]), str(rec["text"])))
+                except (ValueError, KeyError, TypeError) as e:
+                    bad.append({"id": f"{dataset_dir}:{n}", "reason": "malformed_record",
+                                "detail": f"expected {{\"id\": str, \"text\": str}}: {e}"})
+        return records, bad
+    import tensorflow_datasets as tfds
+    try:
+        builder = tfds.builder_from_directory(dataset_dir)
+    except Exception as e:  # tfds raises several types for a wrong path
+        raise FileNotFoundError(
+            f"config.responses.dataset_dir={dataset_dir!r} is neither a prepared TFDS dataset "
+            f"(a directory with dataset_info.json, e.g. WORK/speech/NAME/1.0.0) nor a .jsonl "
+            f"file: {e}") from e
+    if split not in builder.info.splits:
+        raise ValueError(f"config.responses.split={split!r} not in {dataset_dir}; available: "
+                         f"{sorted(builder.info.splits)}")
+    # Only id and text are decoded: the audio bytes are read but never turned into arrays.
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({"id": True, "text": True}))
+    return [(ex["id"].decode(), ex["text"].decode()) for ex in ds.as_numpy_iterator()], []
+
+
+# ------------------------------------------------------------------ prompts and plan
+def prompt_ids(tokenizer, text: str, config: ResponsesConfig) -> list[int]:
+    """The chat prompt for one transcript: ``encode_dialog`` of the user turn
+    ``instruction`` with ``{content}`` = the transcript (the same rule as
+    ``chat_template.audio_prompt_parts``, whose prefix/suffix the audio path uses)."""
+    from audiochat_jax.text.chat_template import encode_dialog
+    template = config.instruction if "{content}" in config.instruction \
+        else config.instruction.rstrip() + " {content}"
+    before, after = template.split("{content}")
+    return encode_dialog(tokenizer, [{"role": "user", "content": before + text.strip() + after}],
+                         system=config.system or None).ids
+
+
+def make_items(records, tokenizer, config: ResponsesConfig, max_seq_len: int):
+    """Tokenised prompts, and the records skipped (duplicate id, empty text, too long)."""
+    limit = max_seq_len - config.max_new_tokens
+    if config.max_prompt_length:
+        limit = min(limit, config.max_prompt_length)
+    if limit < 1:
+        raise ValueError(f"config.responses.max_new_tokens={config.max_new_tokens} leaves no room "
+                         f"for a prompt in the LLM's max_seq_len={max_seq_len}")
+    items, skipped, seen = [], [], set()
+    for index, (uid, text) in enumerate(records):
+        reason = detail = None
+        if uid in seen:
+            reason, detail = "duplicate_id", "an earlier record has this id; responses are keyed by id"
+        elif not text.strip():
+            reason, detail = "empty_transcript", "nothing for the LLM to answer"
+        else:
+            ids = prompt_ids(tokenizer, text, config)
+            if len(ids) > limit:
+                reason, detail = "prompt_too_long", (
+                    f"{len(ids)} prompt tokens > {limit} (max_seq_len {max_seq_len} - "
+                    f"max_new_tokens {config.max_new_tokens}, or max_prompt_length)")
+        seen.add(uid)
+        if reason is None:
+            items.append(Item(index, uid, ids))
+        else:
+            skipped.append({"id": uid, "reason": reason, "detail": detail})
+    return items, skipped
+
+
+def plan_shards(items: list[Item], n_records: int, shard_size: int) -> list[list[Item]]:
+    """Shard k = the items whose dataset index is in [k * shard_size, (k + 1) * shard_size)."""
+    shards = [[] for _ in range(max(1, math.ceil(n_records / shard_size)))]
+    for item in items:
+        shards[item.index // shard_size].append(item)
+    return shards
+
+
+def shard_batches(shard: list[Item], batch_size: int) -> list[list[Item]]:
+    """Length-sorted (stable) batches: rows of one batch have similar prompt lengths."""
+    ordered = sorted(shard, key=lambda it: (len(it.prompt), it.index))
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+# ------------------------------------------------------------------ generation on the mesh
+def load_llm(llm_dir: str, mesh):
+    """``(LlamaConfig, params)`` with params restored straight onto ``mesh``, each array
+    sharded by its logical axis names (parallel/sharding.py)."""
+    import flax.linen as nn
+    from audiochat_jax.model_dir import load_model_dir, read_model_config
+    from audiochat_jax.models.llama import LlamaConfig, init_params
+    from audiochat_jax.parallel import sharding
+    cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
+    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    shardings = sharding.logical_to_sharding(boxed, mesh)
+    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      nn.unbox(boxed), shardings)
+    _, params = load_model_dir(llm_dir, "llama", abstract_params=abstract)
+    return cfg, params
+
+
+def _to_host(x) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def generate_batch(llm_config, params, prompts: list[list[int]], *, mesh, batch_size: int,
+                   width: int, pad_id: int, eos_id: int, max_new_tokens: int, rng,
+                   temperature: float, top_p: float) -> list[list[int]]:
+    """Answers ``prompts`` (at most ``batch_size``) as one left-padded global batch
+    ``[batch_size, width]``; returns each prompt's new ids up to and including EOS."""
+    from audiochat_jax.models.generate import generate
+    from audiochat_jax.parallel import sharding
+    rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))  # fillers, discarded
+    tokens = np.full((batch_size, width), pad_id, np.int32)
+    mask = np.zeros((batch_size, width), bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row):], mask[i, width - len(row):] = row, True
+    spec = sharding.batch_sharding(mesh, 2)
+    tokens_g, mask_g = (jax.make_array_from_callback(a.shape, spec, lambda idx, a=a: a[idx])
+                        for a in (tokens, mask))
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        out, lengths = generate(llm_config, params, tokens=tokens_g, mask=mask_g,
+                                max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                rng=rng, temperature=temperature, top_p=top_p)
+    out, lengths = _to_host(out), _to_host(lengths)
+    return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]
+
+
+# ------------------------------------------------------------------ files
+def _write_atomic(path: str, text: str) -> None:
+    """Write a temporary file, then rename: readers see the old file or the whole new one."""
+    gfile = prov._gfile()
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    gfile.rename(tmp, path, overwrite=True)
+
+
+def _jsonl(records) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with prov._gfile().GFile(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def shard_path(out_dir: str, k: int, n: int) -> str:
+    return os.path.join(out_dir, SHARDS_DIR, f"shard-{k:05d}-of-{n:05d}.jsonl")
+
+
+def load_responses(out_dir: str) -> dict[str, list[int]]:
+    """``{id: response_ids}`` of a finished run, for ``data.input.SpeechInput(responses=...)``."""
+    from audiochat_jax.data.input import load_responses as load_jsonl
+    path = os.path.join(out_dir, RESPONSES_FILE)
+    if not prov._gfile().exists(path):
+        raise FileNotFoundError(f"{path} not found: the response run in {out_dir} has not finished; "
+                                "rerun `python -m audiochat_jax.responses` with the same config")
+    return load_jsonl(path)
+
+
+def summarize(records: list[dict], skipped: list[dict], n_shards: int) -> dict[str, Any]:
+    """Counts and lengths of a finished run (``length`` counts the EOS when present)."""
+    lengths = np.array([r["length"] for r in records] or [0])
+    prompts = np.array([r["prompt_length"] for r in records] or [0])
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    return {
+        "records": len(records) + len(skipped), "responses": len(records),
+        "skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
+        "truncated": sum(r["truncated"] for r in records),
+        "empty_responses": sum(r["length"] == 1 and not r["truncated"] for r in records),
+        "response_length": {"mean": round(float(lengths.mean()), 3), "max": int(lengths.max()),
+                            "min": int(lengths.min())},
+        "prompt_length": {"mean": round(float(prompts.mean()), 3), "max": int(prompts.max())},
+        "shards": n_shards,
+    }
+
+
+def _identity(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: {kk: vv for kk, vv in p[k].items() if kk not in _PATH_KEYS} for k in IDENTITY}
+
+
+# ------------------------------------------------------------------ the job
+def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: bool = True) -> dict:
+    """Answers every transcript, shard by shard; returns the summary.
+
+    ``max_shards``: stop after computing that many shards in this call (a time-boxed job;
+    rerun to continue). The return value then has ``"complete": False``.
+    """
+    from tqdm import tqdm
+
+    from audiochat_jax.model_dir import read_model_config
+    from audiochat_jax.models.llama import LlamaConfig
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.text.chat_template import audio_prompt_parts
+    from audiochat_jax.text.tokenizer import Tokenizer
+
+    c, gfile, lead = config, prov._gfile(), jax.process_index() == 0
+    out = c.out_dir
+    tok = Tokenizer(c.tokenizer)
+    llm_meta = read_model_config(c.llm_dir, "llama")
+    llm_cfg = LlamaConfig.from_dict(llm_meta["config"])
+    if tok.vocab_size > llm_cfg.vocab_size:
+        raise ValueError(f"config.responses.tokenizer={c.tokenizer} has {tok.vocab_size} pieces but "
+                         f"the LLM in {c.llm_dir} only {llm_cfg.vocab_size}; pass its own tokenizer")
+    # Validates the instruction (clear errors) and gives the audio path's prompt parts.
+    prefix, suffix = audio_prompt_parts(tok, system=c.system or None, instruction=c.instruction)
+    mesh = sharding.make_mesh(c.mesh_shape)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if c.batch_size % ways:
+        raise ValueError(f"config.responses.batch_size={c.batch_size} cannot be split over the "
+                         f"mesh's {ways} data x fsdp devices; make it a multiple of {ways}")
+
+    # ---- input snapshot: process 0 reads the dataset once; every host reads the snapshot.
+    snapshot = os.path.join(out, TRANSCRIPTS_FILE)
+    if lead:
+        gfile.makedirs(os.path.join(out, SHARDS_DIR))
+        for name in gfile.listdir(os.path.join(out, SHARDS_DIR)):
+            if ".tmp-" in name:  # left by a crash mid-write; never a finished shard
+                gfile.remove(os.path.join(out, SHARDS_DIR, name))
+        if not gfile.exists(snapshot):
+            records, malformed = read_transcripts(c.dataset_dir, c.split)
+            _write_atomic(os.path.join(out, "malformed.jsonl"), _jsonl(malformed))
+            _write_atomic(snapshot, _jsonl({"id": i, "text": t} for i, t in records))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("audiochat_jax.responses:snapshot")
+    records = [(r["id"], r["text"]) for r in _read_jsonl(snapshot)]
+    malformed = _read_jsonl(os.path.join(out, "malformed.jsonl"))
+
+    # ---- plan: the same on every host.
+    items, skipped = make_items(records, tok, c, llm_cfg.max_seq_len)
+    skipped = malformed + skipped
+    shards = plan_shards(items, len(records), c.shard_size)
+    n = len(shards)
+    plan_digest = hashlib.sha256(json.dumps([[it.id for it in s] for s in shards]).encode()).hexdigest()
+
+    # ---- provenance: written on the first run, checked on every rerun.
+    if lead:
+        with gfile.GFile(snapshot, "rb") as f:
+            snapshot_sha = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        now = {
+            "format": FORMAT,
+            "llm": {"dir": os.path.abspath(c.llm_dir), "config": llm_meta["config"],
+                    "params_sha256": prov.fingerprint_dir(os.path.join(c.llm_dir, "params"))},
+            "tokenizer": {"path": os.path.abspath(c.tokenizer), "sha256": prov.sha256_file(c.tokenizer),
+                          "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+                          "pad_id": tok.pad_id},
+            "prompt": {"template": "llama2_chat (text/chat_template.encode_dialog)",
+                       "system": c.system, "instruction": c.instruction,
+                       "audio_prefix_ids": prefix, "audio_suffix_ids": suffix},
+            "decoding": {k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "seed",
+                                                    "batch_size", "length_multiple",
+                                                    "max_prompt_length")},
+            "data": {"dataset_dir": c.dataset_dir, "split": c.split, "records": len(records),
+                     "transcripts_sha256": snapshot_sha, "shard_size": c.shard_size,
+                     "shards": n, "plan_sha256": "sha256:" + plan_digest},
+        }
+        run_entry = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                     "code_version": prov.code_version(), "process_count": jax.process_count(),
+                     "mesh_shape": dict(mesh.shape)}
+        path = os.path.join(out, PROVENANCE_FILE)
+        if gfile.exists(path):
+            with gfile.GFile(path) as f:
+                saved = json.load(f)
+            changed = {sec: prov.diff(_identity(saved)[sec], _identity(now)[sec], _identity(now)[sec])
+                       for sec in IDENTITY}
+            changed = {f"{sec}.{k}": v for sec, d in changed.items() for k, v in d.items()}
+            if changed:
+                raise ValueError(
+                    f"{path}: {out} holds responses from a different setup; changed (saved, now): "
+                    f"{changed}. Use a new config.responses.out_dir, or delete {out} to start over")
+            now = {**saved, "runs": saved.get("runs", []) + [run_entry]}
+        else:
+            now["runs"] = [run_entry]
+        _write_atomic(path, json.dumps(now, indent=2, sort_keys=True))
+        _write_atomic(os.path.join(out, SKIPPED_FILE), _jsonl(skipped))
+        counts = {}
+        for s in skipped:
+            counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+            if counts[s["reason"]] <= 10:
+                logging.warning("responses: skipped %s: %s (%s)", s["id"], s["reason"], s["detail"])
+        if skipped:
+            logging.warning("responses: %d of %d records skipped %s (all listed in %s)", len(skipped),
+                            len(records) + len(malformed), counts, os.path.join(out, SKIPPED_FILE))
+
+    # ---- finished shards (process 0 looks; every host must agree on what to skip).
+    done = np.zeros(n, np.int32)
+    if lead:
+        for k, shard in enumerate(shards):
+            if gfile.exists(shard_path(out, k, n)):
+                ids = [r["id"] for r in _read_jsonl(shard_path(out, k, n))]
+                if ids != [it.id for it in shard]:
+                    raise ValueError(f"{shard_path(out, k, n)} holds other ids than the plan's shard {k}; "
+                                     f"{out} was written by a different plan: use a new out_dir")
+                done[k] = 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+
+    # ---- generate, shard by shard.
+    llm_cfg, params = load_llm(c.llm_dir, mesh)
+    base_key = jax.random.key(c.seed)
+    bar = tqdm(total=len(items), initial=sum(len(s) for k, s in enumerate(shards) if done[k]),
+               unit="utt", desc="responses", disable=not (progress and lead))
+    computed = 0
+    for k, shard in enumerate(shards):
+        if done[k]:
+            continue
+        if max_shards is not None and computed >= max_shards:
+            break
+        answers = {}
+        for b, batch in enumerate(shard_batches(shard, c.batch_size)):
+            longest = max(len(it.prompt) for it in batch)
+            width = min(-(-longest // c.length_multiple) * c.length_multiple,
+                        llm_cfg.max_seq_len - c.max_new_tokens)
+            key = jax.random.fold_in(jax.random.fold_in(base_key, k), b)
+            replies = generate_batch(llm_cfg, params, [it.prompt for it in batch], mesh=mesh,
+                                     batch_size=c.batch_size, width=width, pad_id=tok.pad_id,
+                                     eos_id=tok.eos_id, max_new_tokens=c.max_new_tokens, rng=key,
+                                     temperature=c.temperature, top_p=c.top_p)
+            answers.update(zip((it.index for it in batch), replies))
+            bar.update(len(batch))
+        if lead:
+            _write_atomic(shard_path(out, k, n), _jsonl(
+                {"id": it.id, "response_ids": answers[it.index], "length": len(answers[it.index]),
+                 "truncated": not answers[it.index] or answers[it.index][-1] != tok.eos_id,
+                 "prompt_length": len(it.prompt),
+                 "response_text": tok.decode([t for t in answers[it.index] if t != tok.eos_id])}
+                for it in shard))
+        done[k], computed = 1, computed + 1
+    bar.close()
+    if not done.all():
+        return {"complete": False, "shards": n, "shards_done": int(done.sum())}
+
+    # ---- all shards present: merge and summarise (cheap; redone on every finished rerun).
+    merged = [r for k in range(n) for r in _read_jsonl(shard_path(out, k, n))]
+    summary = {"complete": True, **summarize(merged, skipped, n)}
+    if lead:
+        _write_atomic(os.path.join(out, RESPONSES_FILE), _jsonl(merged))
+        _write_atomic(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2))
+    return summary
