@@ -65,12 +65,6 @@ def tok(model_path):
 @pytest.fixture(scope="module")
 def hf_tok(model_path, tmp_path_factory):
     transformers = pytest.importorskip("transformers")
-    import transformers.convert_slow_tokenizer as cst
-    try:
-        from sentencepiece import sentencepiece_model_pb2  # noqa: F401
-    except Exception:  # sentencepiece 0.2.3's proto needs protobuf>=7; use transformers' copy
-        from transformers.utils import sentencepiece_model_pb2_new
-        cst.import_protobuf = lambda *a, **k: sentencepiece_model_pb2_new
     d = tmp_path_factory.mktemp("hf")
     (d / "tokenizer.model").write_bytes(open(model_path, "rb").read())
     # legacy=True builds what meta-llama's shipped tokenizer.json does: a "▁" before the
@@ -78,7 +72,14 @@ def hf_tok(model_path, tmp_path_factory):
     (d / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "legacy": True, "bos_token": "<s>",
         "eos_token": "</s>", "unk_token": "<unk>", "chat_template": LLAMA2_CHAT_TEMPLATE}))
-    return transformers.AutoTokenizer.from_pretrained(str(d))
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            from sentencepiece import sentencepiece_model_pb2  # noqa: F401
+        except Exception:  # sentencepiece 0.2.3's proto needs protobuf>=7: transformers' copy
+            import transformers.convert_slow_tokenizer as cst
+            from transformers.utils import sentencepiece_model_pb2_new
+            mp.setattr(cst, "import_protobuf", lambda *a, **k: sentencepiece_model_pb2_new)
+        return transformers.AutoTokenizer.from_pretrained(str(d))
 
 
 def _hf_ids(hf_tok, system, messages):

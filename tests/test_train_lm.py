@@ -65,7 +65,7 @@ def test_loss_is_weighted_cross_entropy_on_targets(corpus):
                           model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
                                      positions=jnp.zeros((1, 4), jnp.int32), mask=jnp.ones((1, 4), bool))["params"],
                           is_leaf=lambda x: hasattr(x, "unbox"))
-    loss, aux = lm.lm_loss(model, params, {k: jnp.asarray(v) for k, v in batch.items()})
+    loss, aux = lm.lm_loss(model, {"params": params}, {k: jnp.asarray(v) for k, v in batch.items()})
     # Reference: numpy log-softmax at the weighted positions only.
     logits = np.asarray(model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
                                     mask=batch["mask"]), np.float64)
@@ -113,7 +113,7 @@ def test_lm_smoke_run_trains_evaluates_and_exports(corpus, tmp_path):
     tok = Tokenizer(os.path.join(out, "tokenizer.model"))
     ids, is_target, lengths, _ = lm.tokenize_dialogs(tok, lm.load_dialogs(str(root / "eval.jsonl")), 96, "")
     batch = next(lm.DialogBatches(ids, is_target, lengths, batch_size=len(ids), seed=0, shuffle=False))
-    loss, _ = lm.lm_loss(Llama(cfg), params, {k: jnp.asarray(v) for k, v in batch.items()})
+    loss, _ = lm.lm_loss(Llama(cfg), {"params": params}, {k: jnp.asarray(v) for k, v in batch.items()})
     np.testing.assert_allclose(float(loss), result["eval"]["loss"], rtol=1e-4)
 
 

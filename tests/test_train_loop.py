@@ -69,7 +69,7 @@ def test_loss_falls_checkpoints_and_exports(tmp_path):
     assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [40, 50, 60]
     meta, params = model_dir.load_model_dir(str(tmp_path / "model"), "toy_mlp")
     assert meta["config"]["hidden"] == config.toy.hidden
-    eval_again = toy.toy_task(config, sharding.make_mesh((-1, 1, 1))).evaluate(params, None)
+    eval_again = toy.toy_task(config, sharding.make_mesh((-1, 1, 1))).evaluate({"params": params}, None)
     np.testing.assert_allclose(eval_again["loss"], evals[60], rtol=1e-6)
     # A rerun of the finished run resumes at 60 and trains nothing more.
     assert loop.train(config, str(tmp_path))["step"] == 60

@@ -266,20 +266,36 @@ def test_conversion_errors_name_file_and_fix(tmp_path):
         convert_hf(str(src), do_normalize="true")
 
 
+def _random_variables(model, x, n, seed=0):
+    """Random params of ``model`` without running ``init`` (whose threefry RNG costs many
+    seconds of XLA compile on CPU): (boxed abstract tree, numpy variables)."""
+    boxed = jax.eval_shape(model.init, jax.random.key(0), x, n)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        r = rng.normal(size=leaf.shape).astype(np.float32)
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return 1 + 0.2 * r
+        return r / np.sqrt(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 0.2 * r
+    return boxed, jax.tree_util.tree_map_with_path(draw, nn.unbox(boxed))
+
+
 def test_every_param_has_known_logical_axes_and_sharded_apply_matches(n_devices):
     cfg = _tiny(mask_time_prob=0.05, ctc_vocab_size=7, conv_bias=True)
     model = w2v.Wav2Vec2CTC(cfg)
     x = jax.random.normal(jax.random.key(1), (4, 1200))
     n = jnp.array([1200, 900, 600, 400], jnp.int32)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), x, n)
+    boxed, variables = _random_variables(model, x, n)
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda a: isinstance(a, nn.Partitioned))
     assert leaves and all(isinstance(a, nn.Partitioned) for a in leaves)
     mesh = sharding.make_mesh((2, 2, 2))
-    shardings = sharding.logical_to_sharding(boxed, mesh)  # raises on a name outside the vocabulary
-    variables = jax.jit(model.init, out_shardings=shardings)(jax.random.key(0), x, n)
-    expected, _ = jax.jit(model.apply)(nn.unbox(jax.device_get(variables)), x, n)
+    shardings = nn.unbox(sharding.logical_to_sharding(boxed, mesh))  # raises on a name outside the vocabulary
+    assert shardings["params"]["encoder"]["layers_0"]["feed_forward"]["intermediate_dense"]["kernel"].spec == \
+        jax.sharding.PartitionSpec("fsdp", "tensor")
+    expected, _ = jax.jit(model.apply)(variables, x, n)
     with jax.set_mesh(mesh), sharding.axis_rules():
-        got, _ = jax.jit(model.apply)(variables, jax.device_put(x, sharding.batch_sharding(mesh, 2)), n)
+        got, _ = jax.jit(model.apply)(jax.device_put(variables, shardings),
+                                      jax.device_put(x, sharding.batch_sharding(mesh, 2)), n)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
@@ -290,7 +306,7 @@ def test_remat_gives_same_grads_and_training_mode_is_stochastic_and_finite():
     for policy in ("none", "full"):
         cfg = _tiny(mask_time_prob=0.2, mask_time_length=3, remat_policy=policy)
         model = w2v.Wav2Vec2Encoder(cfg)
-        variables = w2v.init_variables(cfg, jax.random.key(0))
+        _, variables = _random_variables(model, x, n)
         loss = lambda v: jnp.sum(model.apply(v, x, n, train=True, rngs={"dropout": jax.random.key(2)})[0] ** 2)
         grads.append(jax.jit(jax.grad(loss))(variables))
     flat = [np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g)]) for g in grads]

@@ -48,10 +48,12 @@ step (e.g. offline feature dumps).
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import json
 import os
+import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,6 +63,16 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 STATE_VERSION = 1
+
+# Live iterators, closed at interpreter exit: a tf.data iterator still running its
+# numpy_function callbacks while Python finalises stalls the exit for minutes (observed here).
+_LIVE: "weakref.WeakSet[SpeechInput]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for it in list(_LIVE):
+        it.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +167,7 @@ class SpeechInput:
         self.stats: collections.Counter = collections.Counter()  # drop reasons, this epoch
         self._epoch, self._batch_in_epoch = 0, 0
         self._it = None
+        _LIVE.add(self)
 
     # ----------------------------------------------------------------- shapes & state
     @property
@@ -297,6 +310,16 @@ class SpeechInput:
     # ----------------------------------------------------------------- iteration
     def __iter__(self):
         return self
+
+    def close(self) -> None:
+        """Stops the background tf.data work; the next ``next()`` restarts at the same position."""
+        self._it = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _start_epoch(self):
         self.stats = collections.Counter()

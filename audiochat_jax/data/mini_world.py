@@ -37,6 +37,8 @@ from typing import Mapping
 
 TRANSCRIPT_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # = text/char_vocab.ENGLISH_CHARS
 REPLY_STYLES = ("restate", "short")
+# The typed instruction around spoken English in translation (audio_prompt_parts(instruction=)).
+TRANSLATE_INSTRUCTION = "translate to french: {content}"
 
 # ----------------------------------------------------------------------------- numbers
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
@@ -149,7 +151,10 @@ COLOURS = {"red": ("rouge", "rouge"), "blue": ("bleu", "bleue"), "green": ("vert
            "yellow": ("jaune", "jaune"), "brown": ("marron", "marron"), "pink": ("rose", "rose")}
 SIZES = {"small": ("petit", "petite"), "big": ("grand", "grande")}  # before the noun in French
 VERBS = {"sleeps": "dort", "waits": "attend", "plays": "joue", "runs": "court",
-         "jumps": "saute", "sings": "chante", "hides": "se cache", "eats": "mange"}
+         "jumps": "saute", "sings": "chante", "hides": "se cache", "eats": "mange",
+         "stays": "reste", "falls": "tombe", "rolls": "roule"}
+ANIMALS = ("bird", "cat", "dog", "duck", "horse", "mouse")  # the rest of NOUNS are objects
+OBJECT_VERBS = ("falls", "rolls", "stays")  # what objects do; animals do the other verbs
 PREPS = {"under": "sous", "behind": "derrière", "on": "sur", "in front of": "devant"}
 FUNCTION_WORDS = {"the": "le/la", "a": "un/une", "is": "est", "has": "a", "i": "je",
                   "see": "vois"}
@@ -263,6 +268,11 @@ def answer_in_reply(reply: str, answer: str, answer_type: str) -> bool:
 # statements are capped by how many distinct ones exist; descriptions fill any gap).
 ASR_MIX = {"fact_question": 0.05, "fact_statement": 0.08, "arith_question": 0.25,
            "description": 0.35, "command": 0.15, "open_question": 0.12}
+# sentencepiece vocabulary for the mini LM: 3 specials + 256 bytes + pieces enough to hold
+# every word of the world whole (replies then average ~10 tokens).
+MINI_VOCAB_SIZE = 768
+# Distinct scene descriptions drawn from the ~50k the grammar allows (enough for every split).
+N_DESCRIPTIONS = 12000
 # Share of each task among the LM training dialogs.
 LM_TASKS = {"fact_qa": 0.14, "arithmetic": 0.14, "statement": 0.08, "profile": 0.05,
             "respond": 0.17, "repeat": 0.06, "rephrase": 0.06, "translate": 0.15,
@@ -317,6 +327,7 @@ class MiniWorld:
         self.heldout_arith = set(keys[:round(heldout_fraction * len(keys))])
         self._replies: dict[str, str] = {}
         self._qa: dict[str, QAItem] = {}
+        self._about: dict[str, str] = {}  # fact question -> the person it asks about
         self._build(n_asr_train, n_asr_test)
 
     # -- sentence generators: each returns [(text, restate_reply, short_reply)] ----------------
@@ -344,6 +355,7 @@ class MiniWorld:
             for q in ATTRIBUTES[a][1]:
                 t = self._say(q.format(n=n), self._fact(n, a) + ".", v + ".",
                               QAItem(q.format(n=n), v, a, "fact"))
+                self._about[t] = n
                 self.fact_questions[split].append(t)
             for form in ATTRIBUTES[a][3]:  # true and false statements (facts are taught here)
                 pools["fact_statement"].append(self._say(form.format(n=n, v=v),
@@ -363,8 +375,10 @@ class MiniWorld:
         pools["arith_question"] = self.arith_questions["train"]
         # Scene sentences: descriptions (also translated), commands, open questions.
         self.french = {}
-        for item in itertools.product(_OPT(SIZES), _OPT(COLOURS), sorted(NOUNS), sorted(VERBS),
-                                      sorted(PREPS), sorted(PLACES)):
+        scenes = [(sz, c, n, v, p, pl) for sz, c, n in itertools.product(
+            _OPT(SIZES), _OPT(COLOURS), sorted(NOUNS)) for v in sorted(VERBS)
+            if (v in OBJECT_VERBS) != (n in ANIMALS) for p in sorted(PREPS) for pl in sorted(PLACES)]
+        for item in rng.sample(scenes, min(len(scenes), N_DESCRIPTIONS)):
             en, fr = _translation_template("scene", item)
             self.french[en] = fr
             pools["description"].append(self._say(en, f"ok, {en}.", "ok."))
@@ -471,7 +485,7 @@ class MiniWorld:
         for t in rng.sample(sorted(self.fact_questions["heldout"]),
                             min(self.n_eval - len(out), len(self.fact_questions["heldout"]))):
             q = self._qa[t]
-            n = next(e.name for e in self.entities if f" {e.name} " in f" {t} ".replace("'s ", " "))
+            n = self._about[t]
             a2 = rng.choice([a for a in ATTRIBUTES if a != q.answer_type])
             out.append(MultiTurnItem(t, q.answer, ATTRIBUTES[a2][4], self.facts[(n, a2)], a2))
         return out
@@ -581,7 +595,7 @@ class MiniWorld:
         if kind == "fact":
             t = rng.choice(self.fact_questions["train"])
             q = self._qa[t]
-            n = next(e.name for e in self.entities if f" {e.name} " in f" {t} ".replace("'s ", " "))
+            n = self._about[t]
             options = [a for a in ATTRIBUTES if a != q.answer_type and (n, a) not in self.heldout_pairs]
             if not options:
                 return [t, self._replies[t]]
@@ -592,5 +606,3 @@ class MiniWorld:
         t = rng.choice(self._pools["description"])
         return [t, self._replies[t], "say that in french", self.french[t]]
 
-
-TRANSLATE_INSTRUCTION = "translate to french: {content}"

@@ -188,34 +188,24 @@ class ConvSubsampling(nn.Module):
         valid = jnp.arange(features.shape[1])[None, :] < lengths[:, None]
         x = jnp.where(valid[..., None], features, 0)[..., None].astype(jnp.dtype(cfg.dtype))  # NHWC
 
-        def conv(x, name, *, kernel, stride, groups, c_in_name):
-            return nn.Conv(c, kernel, strides=stride, padding=(pad, pad) if kernel[0] > 1 else "VALID",
-                           feature_group_count=groups, name=name,
-                           # A name may not repeat: the mel-tap axis stays unnamed (replicated,
-                           # like conv_k).
-                           kernel_init=_kernel(("conv_k", None, c_in_name, "conv_out")),
-                           bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
-
-        def mask_time(x, lengths):
+        def conv(x, idx, kernel, stride, groups):
+            x = nn.Conv(c, (kernel, kernel), strides=(stride, stride), padding=(pad, pad) if kernel > 1 else "VALID",
+                        feature_group_count=groups, name=f"conv_{idx}",
+                        # A name may not repeat: the mel-tap axis stays unnamed (replicated like conv_k).
+                        kernel_init=_kernel(("conv_k", None, "conv_in", "conv_out")),
+                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
             # Zero padded time steps so conv biases do not leak into the next receptive field.
             valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
             return jnp.where(valid[:, :, None, None], x, 0)
 
-        idx = 0
+        idx = 0  # position in the reference Sequential: conv, [dw conv, pw conv,] ReLU, ...
         for i in range(cfg.n_subsampling_convs):
             lengths = (lengths + sum(pad) - k) // 2 + 1
             if i == 0 or cfg.subsampling == "striding":
-                x = conv(x, f"conv_{idx}", kernel=(k, k), stride=(2, 2), groups=1, c_in_name="conv_in")
-                x = mask_time(x, lengths)
-                idx += 1
+                x, idx = conv(x, idx, k, 2, 1), idx + 1
             else:  # depthwise stride-2 conv, then pointwise channel mixing
-                x = conv(x, f"conv_{idx}", kernel=(k, k), stride=(2, 2), groups=c, c_in_name="conv_in")
-                x = mask_time(x, lengths)
-                x = conv(x, f"conv_{idx + 1}", kernel=(1, 1), stride=(1, 1), groups=1, c_in_name="conv_in")
-                x = mask_time(x, lengths)
-                idx += 2
-            x = nn.relu(x)
-            idx += 1  # the ReLU's slot in the reference Sequential
+                x, idx = conv(conv(x, idx, k, 2, c), idx + 1, 1, 1, 1), idx + 2
+            x, idx = nn.relu(x), idx + 1
         b, t, f, ch = x.shape
         # Flatten channel-major (torch's [batch, time, channels, mel'] order) so the Linear's
         # input layout is the checkpoints' one.

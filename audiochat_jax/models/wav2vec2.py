@@ -440,7 +440,8 @@ def init_variables(config: Wav2Vec2Config, rng: jax.Array, samples: int = 4000) 
     """Unboxed ``{"params": ...}`` of ``model_for(config)``."""
     samples = max(samples, config.receptive_field)
     wave = jnp.zeros((1, samples), jnp.float32)
-    return nn.unbox(model_for(config).init(rng, wave, jnp.array([samples], jnp.int32)))
+    # jit: op-by-op init of the conv stack costs seconds of dispatch on CPU.
+    return nn.unbox(jax.jit(model_for(config).init)(rng, wave, jnp.array([samples], jnp.int32)))
 
 
 def encoder_variables(config: Wav2Vec2Config, variables: dict) -> dict:

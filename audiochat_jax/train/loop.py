@@ -48,8 +48,7 @@ class NonFiniteError(RuntimeError):
 # Config
 # ---------------------------------------------------------------------------------------
 def base_config() -> ml_collections.ConfigDict:
-    """The loop's fields. Placeholders (None) are required: a run with one unset fails
-    naming it. Task configs add their own section (``config.toy``, ``config.lm``, ...)."""
+    """The loop's fields. Placeholders are required: a run with one unset fails naming it. Task configs add their own section (``config.toy``, ``config.lm``, ...)."""
     c = ml_collections.ConfigDict()
     c.task = config_dict.placeholder(str)        # a name registered in train/tasks.py
     c.seed = 0
@@ -72,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def check_config(config) -> None:
-    """Fails loudly on unset required fields (placeholders left None), naming every one."""
+    """Fails loudly on unset required fields, naming every one. Required fields are
+    ``config_dict.placeholder(type)``; a plain ``None`` is an ordinary optional value."""
     missing = []
 
     def walk(node, prefix):
@@ -80,8 +80,8 @@ def check_config(config) -> None:
             value = node[key]
             if isinstance(value, ml_collections.ConfigDict):
                 walk(value, f"{prefix}{key}.")
-            elif value is None:
-                missing.append(prefix + key)
+            elif value is None and node.get_type(key) is not type(None):
+                missing.append(prefix + key)  # a placeholder(type) left unset
 
     walk(config, "config.")
     if missing:
@@ -240,6 +240,32 @@ def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_s
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def load_init_variables(path: str, abstract_state) -> dict:
+    """``{"params": ..., ["model_state": ...]}`` from a model directory, restored onto the
+    state's shardings. The directory holds bare params (Llama) or a variables dict with a
+    ``params`` collection (conformer: params + batch_stats); both are accepted."""
+    import orbax.checkpoint as ocp
+
+    model_dir.read_model_config(path)  # a clear error if it is not a model directory
+    with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(os.path.join(os.path.abspath(path), model_dir.PARAMS_DIR)).item_metadata
+    as_variables = "params" in saved.keys()
+    abstract = abstract_state.variables if as_variables else abstract_state.params
+    if as_variables:
+        abstract = {k: v for k, v in abstract.items() if k in saved.keys()}
+    try:
+        _, tree = model_dir.load_model_dir(path, None, abstract)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"config.init_from={path!r}: its parameters do not match this task's model "
+                         f"(check the model config against the directory's config.json): {e}") from e
+    if not as_variables:
+        return {"params": tree}
+    out = {"params": tree.pop("params")}
+    if tree:
+        out["model_state"] = {**abstract_state.model_state, **tree}
+    return out
+
+
 def _shape_key(batch) -> tuple:
     return tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
 
@@ -314,9 +340,8 @@ def train(config, workdir: str) -> dict:
         train_iter.set_state(data_state)
         log(f"resumed from {config.resume_from} step {start}")
     elif config.init_from:
-        _, params = model_dir.load_model_dir(config.init_from, None, abstract_state.params)
-        state = init_state().replace(params=params)
-        log(f"initialised params from model directory {config.init_from}")
+        state = init_state().replace(**load_init_variables(config.init_from, abstract_state))
+        log(f"initialised from model directory {config.init_from}")
     else:
         state = init_state()
     start = int(start or 0)

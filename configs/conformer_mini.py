@@ -1,0 +1,30 @@
+"""Mini conformer CTC encoder for 2 CPU cores (the embedded mini world's speech encoder).
+
+    python -m audiochat_jax.train --config configs/conformer_mini.py
+    (runs once the trainer's `ctc` task wraps these sections; model sections only for now)
+
+`encoder` holds exactly the ConformerConfig fields (`ConformerConfig.from_dict(config.encoder.to_dict())`),
+`features` the FeatureConfig fields. d=144, 4 blocks, 4 heads, FFN 576, depthwise-striding
+4x subsampling with 64 channels: 2.22M parameters with the 28-character English vocabulary +
+blank. Throwaway probes here (DESIGN.md) found a 144-channel stride-2 subsampling conv
+dominated the step time (1.42 s/step vs 0.61 s/step with 64 channels), hence 64.
+`arg` is unused.
+"""
+import ml_collections
+
+from audiochat_jax.audio.features import FeatureConfig
+from audiochat_jax.models.conformer import ConformerConfig
+from audiochat_jax.text.char_vocab import CharVocab
+
+
+def get_config(arg=None):
+    del arg
+    encoder = ConformerConfig(
+        n_mels=80, d_model=144, n_layers=4, n_heads=4, ffn_dim=576, conv_kernel_size=31,
+        subsampling="dw_striding", subsampling_factor=4, subsampling_channels=64,
+        xscaling=True, conv_norm="batch_norm", vocab_size=CharVocab.english().size,
+        dropout=0.1, attention_dropout=0.1, dtype="float32", param_dtype="float32", remat_policy="none")
+    config = ml_collections.ConfigDict()
+    config.encoder = ml_collections.ConfigDict(encoder.to_dict())
+    config.features = ml_collections.ConfigDict(FeatureConfig(n_mels=80).to_dict())
+    return config
