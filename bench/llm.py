@@ -111,7 +111,7 @@ def main(argv=None):
     p.add_argument("--prompt_len", type=int, default=256, help="prefill length")
     p.add_argument("--decode_prompt", type=int, default=16, help="prompt length before decoding")
     p.add_argument("--new_tokens", type=int, default=48)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--torch_dtype", default="float32", choices=["bfloat16", "float32"])
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Llama-2-13B-chat: the frozen LLM of the paper/pod scale.
 
-    python -m audiochat_jax.convert llama --src Llama-2-13b-chat-hf --out work/llama2_13b_chat --scan_layers
+    python -m audiochat_jax.convert llama --scan_layers --src Llama-2-13b-chat-hf --out work/llama2_13b_chat
     python -m audiochat_jax.generate --ckpt work/llama2_13b_chat --tokenizer Llama-2-13b-chat-hf/tokenizer.model --prompt "Hi"
 
 Load with `get_config()`; the `llm` section holds exactly the LlamaConfig fields

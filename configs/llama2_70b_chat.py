@@ -1,12 +1,13 @@
 """Llama-2-70B-chat: the frozen LLM of the paper/pod scale.
 
-    python -m audiochat_jax.convert llama --src Llama-2-70b-chat-hf --out work/llama2_70b_chat --scan_layers
+    python -m audiochat_jax.convert llama --scan_layers --src Llama-2-70b-chat-hf --out work/llama2_70b_chat
     python -m audiochat_jax.generate --ckpt work/llama2_70b_chat --tokenizer Llama-2-70b-chat-hf/tokenizer.model --prompt "Hi"
 
 Load with `get_config()`; the `llm` section holds exactly the LlamaConfig fields
 (`LlamaConfig.from_dict(config.llm.to_dict())`), with the published dimensions from
 `audiochat_jax.models.llama.LLAMA2_SIZES["70b"]` (Touvron et al. 2023, Table 1; the
-meta-llama config.json). GQA (8 kv heads); scan + full remat keep the 80-layer compile and activations small.
+meta-llama config.json). GQA (8 kv heads); scan + full remat keep the 80-layer
+compile and activations small.
 Override from the command line, e.g. `--config.llm.remat_policy=none`. `arg` is unused
 for now (the alignment stage adds its own fields beside `llm`).
 """

@@ -79,7 +79,7 @@ def test_valid_frames_do_not_depend_on_padding(subsampling, norm):
 
 
 def test_batch_norm_statistics_use_valid_frames_only():
-    cfg = tiny(conv_norm="batch_norm", dropout=0.0, attention_dropout=0.0)
+    cfg = tiny(conv_norm="batch_norm", dropout=0.0, attention_dropout=0.0, n_layers=1)
     init, apply = jitted(ConformerEncoder(cfg))
     feats = fx.random_features([64, 40], 16, seed=2)
     variables = init(jax.random.key(0), jnp.asarray(feats), jnp.array([64, 40]))
@@ -110,11 +110,12 @@ def test_remat_gives_same_loss_and_gradients():
     (v0, g0), (v1, g1) = results
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # Relative to each gradient leaf's scale: elementwise rtol is ill-posed near zero.
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
 def test_every_kernel_is_named_and_a_sharded_forward_matches(n_devices):
-    cfg = tiny()
+    cfg = tiny(n_layers=1)
     model = ConformerCTC(cfg)
     feats = jnp.asarray(fx.random_features([40, 33, 21, 40], 16, seed=6))
     lengths = jnp.array([40, 33, 21, 40])
@@ -181,7 +182,7 @@ def test_ctc_training_learns_to_transcribe_two_utterances():
     cfg = tiny(n_layers=1, vocab_size=vocab.size, conv_norm="layer_norm", dropout=0.0, attention_dropout=0.0)
     model = ConformerCTC(cfg)
     params = conformer.init_variables(cfg, jax.random.key(0))["params"]
-    opt = optax.adam(3e-3)
+    opt = optax.adam(1e-2)
     state = opt.init(params)
 
     @jax.jit
@@ -194,7 +195,7 @@ def test_ctc_training_learns_to_transcribe_two_utterances():
         return optax.apply_updates(params, updates), state, loss
 
     first = None
-    for _ in range(150):
+    for _ in range(40):
         params, state, loss = step(params, state)
         first = float(loss) if first is None else first
     logits, out_len = jax.jit(model.apply)({"params": params}, feats, lengths)

@@ -69,6 +69,19 @@ def data_dir(tmp_path_factory):
     return builder.data_dir
 
 
+@pytest.fixture
+def make():
+    """SpeechInput factory; closes every iterator when the test ends (not at interpreter exit)."""
+    made = []
+
+    def _make(*args, **kw):
+        made.append(SpeechInput(*args, **kw))
+        return made[-1]
+    yield _make
+    for it in made:
+        it.close()
+
+
 def _config(data_dir, **kw):
     base = dict(data_dir=data_dir, split="train", batch_size=4, buckets=(2000, 4000, 6000),
                 max_label_length=20, max_response_length=8, shuffle_buffer=16, seed=3)
@@ -97,8 +110,8 @@ def _check_rows(batch, it):
         np.testing.assert_array_equal(batch["response_ids"][r], resp + [0] * (8 - len(resp)))
 
 
-def test_one_pass_yields_every_kept_example_once_with_fixed_shapes(data_dir):
-    it = SpeechInput(_config(data_dir, repeat=False), tokenize, _responses())
+def test_one_pass_yields_every_kept_example_once_with_fixed_shapes(make, data_dir):
+    it = make(_config(data_dir, repeat=False), tokenize, _responses())
     batches = list(it)
     for b in batches:
         _check_rows(b, it)
@@ -116,8 +129,8 @@ def test_one_pass_yields_every_kept_example_once_with_fixed_shapes(data_dir):
         assert (b["audio_lengths"][~b["valid"]] == 0).all() and (b["ids"][~b["valid"]] == "").all()
 
 
-def test_label_and_response_limits_are_counted_drops(data_dir, caplog):
-    it = SpeechInput(_config(data_dir, repeat=False, max_label_length=8, max_response_length=3),
+def test_label_and_response_limits_are_counted_drops(make, data_dir, caplog):
+    it = make(_config(data_dir, repeat=False, max_label_length=8, max_response_length=3),
                      tokenize, _responses())
     seen = {i for b in it for i in b["ids"][b["valid"]]}
     too_long_label = {f"utt{i:03d}" for i in range(N_TRAIN) if len(tokenize(_text(i))) > 8}
@@ -127,9 +140,9 @@ def test_label_and_response_limits_are_counted_drops(data_dir, caplog):
     assert sum(v for k, v in it.stats.items() if k != "kept") + it.stats["kept"] == N_TRAIN
 
 
-def test_resume_from_saved_state_is_exact_across_epochs(data_dir):
+def test_resume_from_saved_state_is_exact_across_epochs(make, data_dir):
     cfg = _config(data_dir)
-    ref = SpeechInput(cfg, tokenize, _responses())
+    ref = make(cfg, tokenize, _responses())
     stream = [next(ref) for _ in range(12)]  # 28 kept / 4 per batch, minus remainders: > 1 epoch
     assert ref.get_state()["epoch"] >= 1
     for b in stream:
@@ -139,11 +152,11 @@ def test_resume_from_saved_state_is_exact_across_epochs(data_dir):
     later = [tuple(b["ids"]) for b in stream[7:12]]
     assert first_epoch != later, "each epoch is reshuffled"
 
-    it = SpeechInput(cfg, tokenize, _responses())
+    it = make(cfg, tokenize, _responses())
     for _ in range(5):
         next(it)
     state = json.loads(json.dumps(it.get_state()))
-    resumed = SpeechInput(cfg, tokenize, _responses())
+    resumed = make(cfg, tokenize, _responses())
     resumed.set_state(state)
     for want in stream[5:12]:
         got = next(resumed)
@@ -151,20 +164,20 @@ def test_resume_from_saved_state_is_exact_across_epochs(data_dir):
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
 
-    other = SpeechInput(_config(data_dir, seed=4), tokenize, _responses())
+    other = make(_config(data_dir, seed=4), tokenize, _responses())
     assert [tuple(next(other)["ids"]) for _ in range(5)] != first_epoch
 
 
-def test_state_from_a_different_pipeline_is_refused(data_dir):
-    state = SpeechInput(_config(data_dir), tokenize).get_state()
+def test_state_from_a_different_pipeline_is_refused(make, data_dir):
+    state = make(_config(data_dir), tokenize).get_state()
     with pytest.raises(ValueError, match="batch_size.*same InputConfig"):
-        SpeechInput(_config(data_dir, batch_size=8), tokenize).set_state(state)
+        make(_config(data_dir, batch_size=8), tokenize).set_state(state)
 
 
-def test_hosts_read_disjoint_slices_that_cover_the_split(data_dir):
+def test_hosts_read_disjoint_slices_that_cover_the_split(make, data_dir):
     per_host = []
     for p in range(2):
-        it = SpeechInput(_config(data_dir, split="test", repeat=False, shuffle=False, buckets=(6000,)),
+        it = make(_config(data_dir, split="test", repeat=False, shuffle=False, buckets=(6000,)),
                          tokenize, process_index=p, process_count=2)
         per_host.append({i for b in it for i in b["ids"][b["valid"]]})
     assert not per_host[0] & per_host[1]
@@ -172,11 +185,11 @@ def test_hosts_read_disjoint_slices_that_cover_the_split(data_dir):
     assert abs(len(per_host[0]) - len(per_host[1])) <= 1
 
 
-def test_features_in_the_pipeline_equal_log_mel_of_the_audio(data_dir):
+def test_features_in_the_pipeline_equal_log_mel_of_the_audio(make, data_dir):
     from audiochat_jax.audio.features import FeatureConfig, log_mel
     fc = FeatureConfig(n_mels=40)
-    audio_it = SpeechInput(_config(data_dir, repeat=False), tokenize)
-    feat_it = SpeechInput(_config(data_dir, repeat=False, feature_config=fc.to_dict()), tokenize)
+    audio_it = make(_config(data_dir, repeat=False), tokenize)
+    feat_it = make(_config(data_dir, repeat=False, feature_config=fc.to_dict()), tokenize)
     a, f = next(audio_it), next(feat_it)
     assert {k: v.shape for k, v in f.items() if k not in ("ids", "text")} in feat_it.batch_shapes
     want, want_len = log_mel(a["audio"], a["audio_lengths"], fc)
@@ -185,10 +198,10 @@ def test_features_in_the_pipeline_equal_log_mel_of_the_audio(data_dir):
     assert "audio" not in f
 
 
-def test_global_batch_shards_rows_over_data_and_fsdp(data_dir):
+def test_global_batch_shards_rows_over_data_and_fsdp(make, data_dir):
     from audiochat_jax.parallel.sharding import make_mesh
     mesh = make_mesh((4, 2, 1))
-    batch = next(SpeechInput(_config(data_dir, batch_size=8), tokenize))
+    batch = next(make(_config(data_dir, batch_size=8), tokenize))
     g = global_batch(batch, mesh)
     assert isinstance(g["ids"], np.ndarray) and g["ids"].dtype == object
     for key in ("audio", "audio_lengths", "labels", "valid"):
@@ -199,11 +212,11 @@ def test_global_batch_shards_rows_over_data_and_fsdp(data_dir):
         global_batch({"x": np.zeros((6, 3), np.float32)}, mesh)
 
 
-def test_bad_inputs_are_named(data_dir, tmp_path):
+def test_bad_inputs_are_named(make, data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a prepared TFDS dataset"):
-        SpeechInput(_config(str(tmp_path / "nothing")))
+        make(_config(str(tmp_path / "nothing")))
     with pytest.raises(ValueError, match="split='dev'.*available.*test.*train"):
-        SpeechInput(_config(data_dir, split="dev"))
+        make(_config(data_dir, split="dev"))
     with pytest.raises(ValueError, match="buckets"):
         _config(data_dir, buckets=(4000, 2000))
     bad = tmp_path / "responses.jsonl"

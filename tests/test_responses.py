@@ -123,20 +123,23 @@ def test_responses_equal_unbatched_generate_and_transformers(world, full_run):
     endings = set()
     for uid, text in good:
         prompt = encode_dialog(tok, [{"role": "user", "content": text}]).ids
-        new, n = generate(cfg, params, tokens=np.array([prompt], np.int32),
-                          mask=np.ones((1, len(prompt)), bool), max_new_tokens=MAX_NEW,
-                          eos_id=tok.eos_id, pad_id=tok.pad_id)
-        want = np.asarray(new)[0, :int(n[0])].tolist()
+        # transformers, same weights, this prompt alone and unpadded (an independent decoder)
+        hf_out = world["hf"].generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
+                                      max_new_tokens=MAX_NEW, do_sample=False,
+                                      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        want = hf_out[0, len(prompt):].tolist()
         assert got[uid]["response_ids"] == want, uid
+        # our generate, this prompt alone on one device (left-padded to one width: one compile)
+        tokens = np.full((1, 40), tok.pad_id, np.int32)
+        tokens[0, 40 - len(prompt):] = prompt
+        new, n = generate(cfg, params, tokens=tokens, mask=tokens != tok.pad_id if tok.pad_id not in prompt
+                          else np.arange(40)[None] >= 40 - len(prompt), max_new_tokens=MAX_NEW,
+                          eos_id=tok.eos_id, pad_id=tok.pad_id)
+        assert np.asarray(new)[0, :int(n[0])].tolist() == want, uid
         assert got[uid]["length"] == len(want) and got[uid]["prompt_length"] == len(prompt)
         assert got[uid]["truncated"] == (want[-1] != tok.eos_id)
         assert got[uid]["response_text"] == tok.decode([t for t in want if t != tok.eos_id])
         endings.add(got[uid]["truncated"])
-        if uid in ("utt00", "utt04", "utt12"):  # an independent implementation, same weights
-            hf_out = world["hf"].generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
-                                          max_new_tokens=MAX_NEW, do_sample=False,
-                                          eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-            assert got[uid]["response_ids"] == hf_out[0, len(prompt):].tolist(), uid
     assert endings == {True, False}  # both EOS-ended and truncated replies are exercised
 
 
@@ -209,11 +212,13 @@ def test_crash_mid_shard_then_resume_recomputes_only_unfinished_shards(world, fu
     shard0 = R.shard_path(str(out), 0, 4)
     stamp = os.stat(shard0).st_mtime_ns
 
+    plan = R.plan_shards(*_items(world, config))
+    n_batches = [len(R.shard_batches(s, config.batch_size)) for s in plan]
     real, calls = R.generate_batch, []
 
     def crash_in_shard_2(llm_cfg, params, prompts, **kw):
         calls.append(len(prompts))
-        if len(calls) == 4:  # shard 1 took 2 batches, shard 2's first one is done: crash
+        if len(calls) == n_batches[1] + n_batches[2]:  # shard 1 done, shard 2 on its last batch
             raise KeyboardInterrupt("simulated preemption")
         return real(llm_cfg, params, prompts, **kw)
     monkeypatch.setattr(R, "generate_batch", crash_in_shard_2)
@@ -228,7 +233,6 @@ def test_crash_mid_shard_then_resume_recomputes_only_unfinished_shards(world, fu
         rows.extend(prompts), real(llm_cfg, params, prompts, **kw))[1])
     summary = R.run(config, progress=False)
     full_out, full_summary = full_run
-    plan = R.plan_shards(*_items(world, config))
     assert len(rows) == len(plan[2]) + len(plan[3])  # shards 0 and 1 were not recomputed
     assert os.stat(shard0).st_mtime_ns == stamp
     assert "shard-00002-of-00004.jsonl.tmp-dead" not in os.listdir(out / R.SHARDS_DIR)

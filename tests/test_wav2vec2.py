@@ -11,6 +11,7 @@ Our default masks those statistics, so the honest reference for a padded batch i
 each utterance alone; the ``--group-norm-stats-over-padding`` conversion reproduces HF's
 padded batch (with attention_mask) instead. Both are tested.
 """
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -299,19 +300,40 @@ def test_every_param_has_known_logical_axes_and_sharded_apply_matches(n_devices)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
-def test_remat_gives_same_grads_and_training_mode_is_stochastic_and_finite():
+def test_remat_gives_same_grads_and_empty_rows_stay_finite():
     x = jax.random.normal(jax.random.key(1), (3, 1200))
     n = jnp.array([1200, 500, 0], jnp.int32)  # a zero-length row, as batch padding would give
     grads = []
     for policy in ("none", "full"):
-        cfg = _tiny(mask_time_prob=0.2, mask_time_length=3, remat_policy=policy)
+        # One layer, two convs, eval mode: XLA's CPU compile of the grad is what this test pays for.
+        cfg = dataclasses.replace(_tiny(remat_policy=policy), num_layers=1, conv_dim=(16, 16),
+                                  conv_stride=(5, 2), conv_kernel=(10, 3))
         model = w2v.Wav2Vec2Encoder(cfg)
         _, variables = _random_variables(model, x, n)
-        loss = lambda v: jnp.sum(model.apply(v, x, n, train=True, rngs={"dropout": jax.random.key(2)})[0] ** 2)
-        grads.append(jax.jit(jax.grad(loss))(variables))
+        grads.append(jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x, n)[0] ** 2)))(variables))
     flat = [np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g)]) for g in grads]
     assert np.all(np.isfinite(flat[0])) and np.abs(flat[0]).sum() > 0
     np.testing.assert_allclose(flat[1], flat[0], rtol=1e-5, atol=1e-6)
+
+
+def test_training_mode_masks_and_drops_out():
+    cfg = dataclasses.replace(_tiny(mask_time_prob=0.5, mask_time_length=3, hidden_dropout=0.0,
+                                    attention_dropout=0.0), num_layers=1)
+    model = w2v.Wav2Vec2Encoder(cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 1200))
+    n = jnp.array([1200, 700], jnp.int32)
+    _, variables = _random_variables(model, x, n)
+    # With all dropout off, the only training-time change is time masking: the masked frames'
+    # projected features become masked_spec_embed, so outputs change but stay finite.
     ev, tr = jax.jit(lambda v: (model.apply(v, x, n)[0],
                                 model.apply(v, x, n, train=True, rngs={"dropout": jax.random.key(3)})[0]))(variables)
-    assert np.all(np.isfinite(np.asarray(ev))) and float(jnp.abs(tr - ev).max()) > 1e-3
+    assert np.all(np.isfinite(np.asarray(tr))) and float(jnp.abs(tr - ev).max()) > 1e-3
+    # The span mask itself: only valid frames, runs of >= mask_time_length frames, and the
+    # expected masked fraction 1 - (1 - p / L) ** L of independent span starts.
+    lengths = jnp.array([4000, 1000], jnp.int32)
+    mask = np.asarray(model.apply(variables, lengths, 4000, rngs={"dropout": jax.random.key(4)},
+                                  method=w2v.Wav2Vec2Encoder._time_mask))
+    assert not mask[1, 1000:].any()
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], mask[0].astype(int), [0]]))))[::2]
+    assert runs.min() >= 3
+    assert abs(mask[0].mean() - (1 - (1 - 0.5 / 3) ** 3)) < 0.05

@@ -45,12 +45,10 @@ One job per OUT at a time (stale temporary files are deleted at start).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
 import os
-import uuid
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -58,13 +56,12 @@ import numpy as np
 from absl import logging
 
 from audiochat_jax.data import provenance as prov
+from audiochat_jax.data.llm_on_mesh import generate_batch, load_llm
 
 FORMAT = "audiochat_jax.responses/1"
 RESPONSES_FILE, SUMMARY_FILE, PROVENANCE_FILE = "responses.jsonl", "summary.json", "provenance.json"
 TRANSCRIPTS_FILE, SKIPPED_FILE, SHARDS_DIR = "transcripts.jsonl", "skipped.jsonl", "shards"
-# provenance.json sections that must match for a rerun to continue (paths may move; hashes not).
-IDENTITY = ("llm", "tokenizer", "prompt", "decoding", "data")
-_PATH_KEYS = ("dir", "path", "dataset_dir")
+MALFORMED_FILE = "malformed.jsonl"  # unreadable JSONL input lines, found when the snapshot is made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +136,7 @@ def read_transcripts(dataset_dir: str, split: str) -> tuple[list[tuple[str, str]
     """``[(id, text)]`` in dataset order, and the malformed records (JSONL input only)."""
     if dataset_dir.endswith(".jsonl"):
         records, bad = [], []
-        with prov._gfile().GFile(dataset_dir) as f:
+        with prov.gfile().GFile(dataset_dir) as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -223,69 +220,13 @@ def shard_batches(shard: list[Item], batch_size: int) -> list[list[Item]]:
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-# ------------------------------------------------------------------ generation on the mesh
-def load_llm(llm_dir: str, mesh):
-    """``(LlamaConfig, params)`` with params restored straight onto ``mesh``, each array
-    sharded by its logical axis names (parallel/sharding.py)."""
-    import flax.linen as nn
-    from audiochat_jax.model_dir import load_model_dir, read_model_config
-    from audiochat_jax.models.llama import LlamaConfig, init_params
-    from audiochat_jax.parallel import sharding
-    cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
-    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    shardings = sharding.logical_to_sharding(boxed, mesh)
-    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                      nn.unbox(boxed), shardings)
-    _, params = load_model_dir(llm_dir, "llama", abstract_params=abstract)
-    return cfg, params
-
-
-def _to_host(x) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def generate_batch(llm_config, params, prompts: list[list[int]], *, mesh, batch_size: int,
-                   width: int, pad_id: int, eos_id: int, max_new_tokens: int, rng,
-                   temperature: float, top_p: float) -> list[list[int]]:
-    """Answers ``prompts`` (at most ``batch_size``) as one left-padded global batch
-    ``[batch_size, width]``; returns each prompt's new ids up to and including EOS."""
-    from audiochat_jax.models.generate import generate
-    from audiochat_jax.parallel import sharding
-    rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))  # fillers, discarded
-    tokens = np.full((batch_size, width), pad_id, np.int32)
-    mask = np.zeros((batch_size, width), bool)
-    for i, row in enumerate(rows):
-        tokens[i, width - len(row):], mask[i, width - len(row):] = row, True
-    spec = sharding.batch_sharding(mesh, 2)
-    tokens_g, mask_g = (jax.make_array_from_callback(a.shape, spec, lambda idx, a=a: a[idx])
-                        for a in (tokens, mask))
-    with jax.set_mesh(mesh), sharding.axis_rules():
-        out, lengths = generate(llm_config, params, tokens=tokens_g, mask=mask_g,
-                                max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                                rng=rng, temperature=temperature, top_p=top_p)
-    out, lengths = _to_host(out), _to_host(lengths)
-    return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]
-
-
 # ------------------------------------------------------------------ files
-def _write_atomic(path: str, text: str) -> None:
-    """Write a temporary file, then rename: readers see the old file or the whole new one."""
-    gfile = prov._gfile()
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    gfile.rename(tmp, path, overwrite=True)
-
-
 def _jsonl(records) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    with prov._gfile().GFile(path) as f:
+    with prov.gfile().GFile(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -297,7 +238,7 @@ def load_responses(out_dir: str) -> dict[str, list[int]]:
     """``{id: response_ids}`` of a finished run, for ``data.input.SpeechInput(responses=...)``."""
     from audiochat_jax.data.input import load_responses as load_jsonl
     path = os.path.join(out_dir, RESPONSES_FILE)
-    if not prov._gfile().exists(path):
+    if not prov.gfile().exists(path):
         raise FileNotFoundError(f"{path} not found: the response run in {out_dir} has not finished; "
                                 "rerun `python -m audiochat_jax.responses` with the same config")
     return load_jsonl(path)
@@ -322,13 +263,56 @@ def summarize(records: list[dict], skipped: list[dict], n_shards: int) -> dict[s
     }
 
 
-def _identity(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: {kk: vv for kk, vv in p[k].items() if kk not in _PATH_KEYS} for k in IDENTITY}
-
-
 # ------------------------------------------------------------------ the job
+def _snapshot(c: ResponsesConfig) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Process 0 reads the dataset once into OUT/transcripts.jsonl; every host reads that."""
+    fs, shards_dir = prov.gfile(), os.path.join(c.out_dir, SHARDS_DIR)
+    snapshot, malformed = os.path.join(c.out_dir, TRANSCRIPTS_FILE), os.path.join(c.out_dir, MALFORMED_FILE)
+    if jax.process_index() == 0:
+        fs.makedirs(shards_dir)
+        for name in fs.listdir(shards_dir):
+            if ".tmp-" in name:  # left by a crash mid-write; never a finished shard
+                fs.remove(os.path.join(shards_dir, name))
+        if not fs.exists(snapshot):
+            records, bad = read_transcripts(c.dataset_dir, c.split)
+            prov.write_atomic(malformed, _jsonl(bad))
+            prov.write_atomic(snapshot, _jsonl({"id": i, "text": t} for i, t in records))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("audiochat_jax.responses:snapshot")
+    return [(r["id"], r["text"]) for r in _read_jsonl(snapshot)], _read_jsonl(malformed)
+
+
+def _log_skipped(skipped: list[dict], total: int, out_dir: str) -> None:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+        if counts[s["reason"]] <= 10:
+            logging.warning("responses: skipped %s: %s (%s)", s["id"], s["reason"], s["detail"])
+    if skipped:
+        logging.warning("responses: %d of %d records skipped %s (all listed in %s)", len(skipped),
+                        total, counts, os.path.join(out_dir, SKIPPED_FILE))
+
+
+def _finished_shards(out: str, shards: list[list[Item]]) -> np.ndarray:
+    """[n_shards] int32, 1 = its file exists (complete: files appear by rename) and holds the
+    plan's ids. Process 0 looks; every host gets its answer, so all skip the same shards."""
+    n, done = len(shards), np.zeros(len(shards), np.int32)
+    if jax.process_index() == 0:
+        for k, shard in enumerate(shards):
+            if prov.gfile().exists(shard_path(out, k, n)):
+                if [r["id"] for r in _read_jsonl(shard_path(out, k, n))] != [it.id for it in shard]:
+                    raise ValueError(f"{shard_path(out, k, n)} holds other ids than shard {k} of the "
+                                     f"plan; {out} was written by a different plan: use a new out_dir")
+                done[k] = 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+    return done
+
+
 def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: bool = True) -> dict:
-    """Answers every transcript, shard by shard; returns the summary.
+    """Answers every transcript, shard by shard; returns the summary (process 0's is complete).
 
     ``max_shards``: stop after computing that many shards in this call (a time-boxed job;
     rerun to continue). The return value then has ``"complete": False``.
@@ -341,8 +325,7 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
     from audiochat_jax.text.chat_template import audio_prompt_parts
     from audiochat_jax.text.tokenizer import Tokenizer
 
-    c, gfile, lead = config, prov._gfile(), jax.process_index() == 0
-    out = c.out_dir
+    c, out, lead = config, config.out_dir, jax.process_index() == 0
     tok = Tokenizer(c.tokenizer)
     llm_meta = read_model_config(c.llm_dir, "llama")
     llm_cfg = LlamaConfig.from_dict(llm_meta["config"])
@@ -357,35 +340,19 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
         raise ValueError(f"config.responses.batch_size={c.batch_size} cannot be split over the "
                          f"mesh's {ways} data x fsdp devices; make it a multiple of {ways}")
 
-    # ---- input snapshot: process 0 reads the dataset once; every host reads the snapshot.
-    snapshot = os.path.join(out, TRANSCRIPTS_FILE)
-    if lead:
-        gfile.makedirs(os.path.join(out, SHARDS_DIR))
-        for name in gfile.listdir(os.path.join(out, SHARDS_DIR)):
-            if ".tmp-" in name:  # left by a crash mid-write; never a finished shard
-                gfile.remove(os.path.join(out, SHARDS_DIR, name))
-        if not gfile.exists(snapshot):
-            records, malformed = read_transcripts(c.dataset_dir, c.split)
-            _write_atomic(os.path.join(out, "malformed.jsonl"), _jsonl(malformed))
-            _write_atomic(snapshot, _jsonl({"id": i, "text": t} for i, t in records))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("audiochat_jax.responses:snapshot")
-    records = [(r["id"], r["text"]) for r in _read_jsonl(snapshot)]
-    malformed = _read_jsonl(os.path.join(out, "malformed.jsonl"))
-
-    # ---- plan: the same on every host.
+    # ---- input and plan: the same on every host.
+    records, malformed = _snapshot(c)
     items, skipped = make_items(records, tok, c, llm_cfg.max_seq_len)
     skipped = malformed + skipped
     shards = plan_shards(items, len(records), c.shard_size)
     n = len(shards)
-    plan_digest = hashlib.sha256(json.dumps([[it.id for it in s] for s in shards]).encode()).hexdigest()
 
     # ---- provenance: written on the first run, checked on every rerun.
     if lead:
-        with gfile.GFile(snapshot, "rb") as f:
-            snapshot_sha = "sha256:" + hashlib.sha256(f.read()).hexdigest()
-        now = {
+        with prov.gfile().GFile(os.path.join(out, TRANSCRIPTS_FILE), "rb") as f:
+            snapshot_sha = hashlib.sha256(f.read()).hexdigest()
+        plan_sha = hashlib.sha256(json.dumps([[it.id for it in s] for s in shards]).encode()).hexdigest()
+        prov.write_or_check(os.path.join(out, PROVENANCE_FILE), {
             "format": FORMAT,
             "llm": {"dir": os.path.abspath(c.llm_dir), "config": llm_meta["config"],
                     "params_sha256": prov.fingerprint_dir(os.path.join(c.llm_dir, "params"))},
@@ -399,68 +366,27 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
                                                     "batch_size", "length_multiple",
                                                     "max_prompt_length")},
             "data": {"dataset_dir": c.dataset_dir, "split": c.split, "records": len(records),
-                     "transcripts_sha256": snapshot_sha, "shard_size": c.shard_size,
-                     "shards": n, "plan_sha256": "sha256:" + plan_digest},
-        }
-        run_entry = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                     "code_version": prov.code_version(), "process_count": jax.process_count(),
-                     "mesh_shape": dict(mesh.shape)}
-        path = os.path.join(out, PROVENANCE_FILE)
-        if gfile.exists(path):
-            with gfile.GFile(path) as f:
-                saved = json.load(f)
-            changed = {sec: prov.diff(_identity(saved)[sec], _identity(now)[sec], _identity(now)[sec])
-                       for sec in IDENTITY}
-            changed = {f"{sec}.{k}": v for sec, d in changed.items() for k, v in d.items()}
-            if changed:
-                raise ValueError(
-                    f"{path}: {out} holds responses from a different setup; changed (saved, now): "
-                    f"{changed}. Use a new config.responses.out_dir, or delete {out} to start over")
-            now = {**saved, "runs": saved.get("runs", []) + [run_entry]}
-        else:
-            now["runs"] = [run_entry]
-        _write_atomic(path, json.dumps(now, indent=2, sort_keys=True))
-        _write_atomic(os.path.join(out, SKIPPED_FILE), _jsonl(skipped))
-        counts = {}
-        for s in skipped:
-            counts[s["reason"]] = counts.get(s["reason"], 0) + 1
-            if counts[s["reason"]] <= 10:
-                logging.warning("responses: skipped %s: %s (%s)", s["id"], s["reason"], s["detail"])
-        if skipped:
-            logging.warning("responses: %d of %d records skipped %s (all listed in %s)", len(skipped),
-                            len(records) + len(malformed), counts, os.path.join(out, SKIPPED_FILE))
+                     "transcripts_sha256": "sha256:" + snapshot_sha, "shard_size": c.shard_size,
+                     "shards": n, "plan_sha256": "sha256:" + plan_sha},
+        }, process_count=jax.process_count(), mesh_shape=dict(mesh.shape))
+        prov.write_atomic(os.path.join(out, SKIPPED_FILE), _jsonl(skipped))
+        _log_skipped(skipped, len(records) + len(malformed), out)
 
-    # ---- finished shards (process 0 looks; every host must agree on what to skip).
-    done = np.zeros(n, np.int32)
-    if lead:
-        for k, shard in enumerate(shards):
-            if gfile.exists(shard_path(out, k, n)):
-                ids = [r["id"] for r in _read_jsonl(shard_path(out, k, n))]
-                if ids != [it.id for it in shard]:
-                    raise ValueError(f"{shard_path(out, k, n)} holds other ids than the plan's shard {k}; "
-                                     f"{out} was written by a different plan: use a new out_dir")
-                done[k] = 1
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
-
-    # ---- generate, shard by shard.
-    llm_cfg, params = load_llm(c.llm_dir, mesh)
-    base_key = jax.random.key(c.seed)
+    # ---- generate the unfinished shards (the LLM is loaded only if one is left).
+    done = _finished_shards(out, shards)
+    todo = [k for k in range(n) if not done[k]][:max_shards]
+    if todo:
+        llm_cfg, params = load_llm(c.llm_dir, mesh)
     bar = tqdm(total=len(items), initial=sum(len(s) for k, s in enumerate(shards) if done[k]),
                unit="utt", desc="responses", disable=not (progress and lead))
-    computed = 0
-    for k, shard in enumerate(shards):
-        if done[k]:
-            continue
-        if max_shards is not None and computed >= max_shards:
-            break
+    for k in todo:
         answers = {}
-        for b, batch in enumerate(shard_batches(shard, c.batch_size)):
+        for b, batch in enumerate(shard_batches(shards[k], c.batch_size)):
             longest = max(len(it.prompt) for it in batch)
             width = min(-(-longest // c.length_multiple) * c.length_multiple,
                         llm_cfg.max_seq_len - c.max_new_tokens)
-            key = jax.random.fold_in(jax.random.fold_in(base_key, k), b)
+            # Keyed by (shard, batch), not by call order: a resumed run samples the same.
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed), k), b)
             replies = generate_batch(llm_cfg, params, [it.prompt for it in batch], mesh=mesh,
                                      batch_size=c.batch_size, width=width, pad_id=tok.pad_id,
                                      eos_id=tok.eos_id, max_new_tokens=c.max_new_tokens, rng=key,
@@ -468,21 +394,21 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
             answers.update(zip((it.index for it in batch), replies))
             bar.update(len(batch))
         if lead:
-            _write_atomic(shard_path(out, k, n), _jsonl(
-                {"id": it.id, "response_ids": answers[it.index], "length": len(answers[it.index]),
-                 "truncated": not answers[it.index] or answers[it.index][-1] != tok.eos_id,
-                 "prompt_length": len(it.prompt),
-                 "response_text": tok.decode([t for t in answers[it.index] if t != tok.eos_id])}
-                for it in shard))
-        done[k], computed = 1, computed + 1
+            prov.write_atomic(shard_path(out, k, n), _jsonl(
+                {"id": it.id, "response_ids": ids, "length": len(ids),
+                 "truncated": ids[-1] != tok.eos_id, "prompt_length": len(it.prompt),
+                 "response_text": tok.decode([t for t in ids if t != tok.eos_id])}
+                for it, ids in ((it, answers[it.index]) for it in shards[k])))
+        done[k] = 1
     bar.close()
     if not done.all():
         return {"complete": False, "shards": n, "shards_done": int(done.sum())}
+    if not lead:
+        return {"complete": True, "shards": n}
 
     # ---- all shards present: merge and summarise (cheap; redone on every finished rerun).
     merged = [r for k in range(n) for r in _read_jsonl(shard_path(out, k, n))]
     summary = {"complete": True, **summarize(merged, skipped, n)}
-    if lead:
-        _write_atomic(os.path.join(out, RESPONSES_FILE), _jsonl(merged))
-        _write_atomic(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2))
+    prov.write_atomic(os.path.join(out, RESPONSES_FILE), _jsonl(merged))
+    prov.write_atomic(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2))
     return summary

@@ -314,9 +314,10 @@ def train(config, workdir: str) -> dict:
     train_iter = task.train_data()
 
     # --- Model and optimizer shapes -> shardings; params born sharded ------------------
-    tx, schedule = optimizer.make_optimizer(config)
+    frozen_patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
+    tx, schedule = optimizer.make_optimizer(config, frozen_patterns)
     init_state, abstract_state, shardings = train_state_shapes(task, tx, mesh, config.seed)
-    trainable, total = optimizer.trainable_fraction(abstract_state.params, config.optimizer.frozen_patterns)
+    trainable, total = optimizer.trainable_fraction(abstract_state.params, frozen_patterns)
     log(f"task {config.task}: {total:,} parameters, {trainable:,} trainable")
 
     # --- Update step -------------------------------------------------------------------

@@ -54,8 +54,12 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, frozen_patterns: Sequence[str] | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(tx, schedule)`` for ``config`` (see the module docstring for the fields).
+
+    ``frozen_patterns`` replaces ``config.optimizer.frozen_patterns`` when given (the loop
+    passes the config's plus the task's own, ``Task.frozen_patterns``).
 
     ``tx.init`` accepts boxed (``nn.Partitioned``) params too, so the trainer can derive the
     optimizer state's shardings from the parameters' logical axis names.
@@ -67,7 +71,7 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
                     weight_decay=float(opt.weight_decay), mask=_decay_mask),
     )
-    patterns = tuple(opt.frozen_patterns or ())
+    patterns = tuple(opt.frozen_patterns or ()) if frozen_patterns is None else tuple(frozen_patterns)
     if patterns:
         tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
                                    lambda p: _path_labels(p, patterns))

@@ -56,6 +56,9 @@ class Task:
     frozen:     a tree of sharded arrays passed to every step and eval, never updated or
                 differentiated (the LLM during alignment); ``None`` when there are none.
     flops_per_step: analytic FLOPs of one step over all devices (0: use XLA's cost analysis).
+    frozen_patterns: regexes over parameter paths, added to ``config.optimizer.frozen_patterns``
+                (no update, no Adam moments, no weight decay): parts of the trained tree the
+                task's own config freezes (alignment's ``trainable="projector"``).
     """
 
     init: Callable[[jax.Array], Any]
@@ -65,6 +68,7 @@ class Task:
     export: Callable[[Any, str], None] | None = None
     frozen: Any = None
     flops_per_step: float = 0.0
+    frozen_patterns: tuple[str, ...] = ()
 
 
 def device_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -89,6 +93,7 @@ _BUILTIN = {
     "toy": "audiochat_jax.train.toy",
     "lm": "audiochat_jax.train.lm",
     "ctc": "audiochat_jax.train.ctc",
+    "align": "audiochat_jax.train.align",
 }
 _REGISTRY: dict[str, TaskFactory] = {}
 

@@ -1,0 +1,61 @@
+"""A frozen Llama on a device mesh: params restored sharded, prompts answered as global batches.
+
+    cfg, params = load_llm("work/llm", mesh)           # each array sharded by its logical names
+    replies = generate_batch(cfg, params, prompts, mesh=mesh, batch_size=8, width=64, ...)
+
+Multi-host: every host passes the same ``prompts`` (the whole global batch); the batch is
+built with ``jax.make_array_from_callback``, so each host materialises only its own
+devices' rows of the (data, fsdp) batch axis, and the answers are gathered back to every
+host. Used by the response precompute (data/responses.py); the evaluation's text answers
+need the same thing.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def load_llm(llm_dir: str, mesh):
+    """``(LlamaConfig, params)`` with params restored straight onto ``mesh``, each array
+    sharded by its logical axis names (parallel/sharding.py)."""
+    import flax.linen as nn
+    from audiochat_jax.model_dir import load_model_dir, read_model_config
+    from audiochat_jax.models.llama import LlamaConfig, init_params
+    from audiochat_jax.parallel import sharding
+    cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
+    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    shardings = sharding.logical_to_sharding(boxed, mesh)
+    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      nn.unbox(boxed), shardings)
+    _, params = load_model_dir(llm_dir, "llama", abstract_params=abstract)
+    return cfg, params
+
+
+def _to_host(x) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def generate_batch(llm_config, params, prompts: list[list[int]], *, mesh, batch_size: int,
+                   width: int, pad_id: int, eos_id: int, max_new_tokens: int, rng,
+                   temperature: float, top_p: float) -> list[list[int]]:
+    """Answers ``prompts`` (at most ``batch_size``) as one left-padded global batch
+    ``[batch_size, width]``; returns each prompt's new ids up to and including EOS."""
+    from audiochat_jax.models.generate import generate
+    from audiochat_jax.parallel import sharding
+    rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))  # fillers, discarded
+    tokens = np.full((batch_size, width), pad_id, np.int32)
+    mask = np.zeros((batch_size, width), bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row):], mask[i, width - len(row):] = row, True
+    spec = sharding.batch_sharding(mesh, 2)
+    tokens_g, mask_g = (jax.make_array_from_callback(a.shape, spec, lambda idx, a=a: a[idx])
+                        for a in (tokens, mask))
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        out, lengths = generate(llm_config, params, tokens=tokens_g, mask=mask_g,
+                                max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                rng=rng, temperature=temperature, top_p=top_p)
+    out, lengths = _to_host(out), _to_host(lengths)
+    return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]

@@ -1,0 +1,163 @@
+"""The mini world end to end on a 2-core laptop (README's first command).
+
+    python -m audiochat_jax.pipeline --config configs/mini.py --workdir work/mini
+
+runs every missing stage — corpus -> tokenizer -> lm -> speech -> ctc -> responses -> align
+-> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), ~20
+minutes on 2 CPU cores, ending in work/mini/evaluate/ (markdown report, plots, JSON).
+One stage's trainer config alone (paths resolved inside WORKDIR) also runs on its own:
+
+    python -m audiochat_jax.train --config configs/mini.py:lm,workdir=work/mini --workdir work/mini/lm
+
+Args (comma-separated):
+  smoke          shrinks everything (tiny world, models and steps) for the integration test
+                 (tests/test_pipeline.py): a few minutes on 2 cores, no quality claims.
+  lm | ctc | align    return only that stage's trainer config (for audiochat_jax.train).
+  responses      return only the responses config (for audiochat_jax.responses).
+  workdir=PATH   work dir that stage configs resolve their paths in (default work/mini).
+
+Sections: ``world`` (data.mini_world.MiniWorld args; ``system_prompt`` "" = none),
+``tokenizer`` (vocab size + sentencepiece options), ``lm`` / ``ctc`` / ``align`` (complete
+trainer configs: ``python -m audiochat_jax.train`` reads exactly these), ``synth``
+(data.synth.SynthConfig fields + ``workers`` + ``test_renditions``), ``responses``
+(data.responses.ResponsesConfig fields), ``lm_check`` (held-out text QA gate),
+``eval`` (audiochat_jax.evaluate's fields). Path fields are filled in by the pipeline from
+``--workdir``. Sizes come from DESIGN.md's 2-core probes: Llama d=128/4 layers (~1M params),
+conformer d=144/4 blocks/64-channel subsampling (2.2M).
+"""
+import ml_collections
+
+from audiochat_jax.data import responses as responses_lib
+from audiochat_jax.data.mini_world import MINI_VOCAB_SIZE
+from audiochat_jax.train import ctc as ctc_task
+from audiochat_jax.train import lm as lm_task
+from audiochat_jax.train import loop
+
+STAGE_ARGS = ("lm", "ctc", "align", "responses")
+
+
+def _conformer(smoke: bool) -> tuple[dict, dict]:
+    """(encoder, features) sections: configs/conformer_mini.py's, shrunk for smoke."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "conformer_mini", os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformer_mini.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = mod.get_config()
+    encoder, features = base.encoder.to_dict(), base.features.to_dict()
+    if smoke:
+        encoder.update(d_model=32, n_layers=1, n_heads=2, ffn_dim=64, conv_kernel_size=7,
+                       subsampling_channels=16)
+    return encoder, features
+
+
+def _lm(smoke: bool) -> ml_collections.ConfigDict:
+    c = loop.base_config()
+    c.task = "lm"
+    c.lm = lm_task.task_config()
+    # Multi-turn dialogs reach ~90 tokens; 96 keeps every dialog whole.
+    c.lm.seq_len = 96
+    c.lm.eval_batches = 0
+    c.total_steps = 1200
+    c.batch_size = 64
+    c.log_every = 100
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 60
+    c.optimizer.end_lr_ratio = 0.05
+    c.checkpoint.every_steps = 400
+    if smoke:
+        c.lm.model.update(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=64)
+        c.total_steps, c.batch_size, c.log_every = 40, 16, 20
+        c.optimizer.warmup_steps = 5
+        c.checkpoint.every_steps = 1000
+    return c
+
+
+def _ctc(smoke: bool) -> ml_collections.ConfigDict:
+    encoder, features = _conformer(smoke)
+    c = ctc_task.full_config(encoder, features)
+    c.ctc.eval_splits = ("test_seen", "test_unseen")
+    # espeak at 140-210 wpm: the mini world's sentences last 1-5 s.
+    c.ctc.buckets = (32000, 48000, 64000, 96000)
+    c.ctc.max_label_length = 128
+    # Noise augmentation: espeak's digital silence leaves a clean-trained model helpless in
+    # noise (CER ~70% at 10 dB in a probe).
+    c.ctc.noise_prob = 0.5
+    c.ctc.noise_snr_db = (5.0, 30.0)
+    c.total_steps = 900
+    c.batch_size = 32
+    c.log_every = 50
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.warmup_steps = 100
+    c.optimizer.end_lr_ratio = 0.02
+    c.checkpoint.every_steps = 300
+    if smoke:
+        c.total_steps, c.batch_size, c.log_every = 20, 8, 10
+        c.ctc.eval_batches = 1
+        c.optimizer.warmup_steps = 2
+        c.checkpoint.every_steps = 1000
+    return c
+
+
+def _align(smoke: bool):
+    """The align task's trainer config, when the align task exists (train/align.py)."""
+    try:
+        from audiochat_jax.train import align as align_task
+    except ImportError:
+        return None
+    c = align_task.mini_config(smoke) if hasattr(align_task, "mini_config") else None
+    return c
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = [a for a in (arg or "").split(",") if a]
+    opts = dict(a.split("=", 1) for a in args if "=" in a)
+    flags = {a for a in args if "=" not in a}
+    unknown = (flags - {"smoke", *STAGE_ARGS}) | (set(opts) - {"workdir"})
+    if unknown:
+        raise ValueError(f"configs/mini.py: unknown arg(s) {sorted(unknown)}; use smoke, "
+                         f"one of {STAGE_ARGS}, workdir=PATH")
+    smoke = "smoke" in flags
+    c = ml_collections.ConfigDict()
+    c.world = dict(seed=0, n_entities=24, heldout_fraction=0.25, reply_style="restate",
+                   system_prompt="", n_asr_train=3000, n_asr_test=300, n_lm_dialogs=12000,
+                   n_eval=200)
+    c.tokenizer = dict(vocab_size=MINI_VOCAB_SIZE)
+    c.lm = _lm(smoke)
+    # Gate after lm: greedy text answers to held-out QA questions (never asked in training).
+    c.lm_check = dict(min_accuracy=0.9, max_new_tokens=32, batch_size=64)
+    # Synthetic speech: data.synth.SynthConfig fields (voices, rates, pitches: its defaults);
+    # clean audio (noise is added on the fly in ctc training and in the eval sweeps).
+    c.synth = dict(seed=0, noise_prob=0.0)
+    # Pipeline knobs: synthesis processes (0 = all cores); the speech splits the frozen LLM
+    # answers (train: alignment targets; test_seen: held-out audio-vs-text perplexity).
+    c.pipeline = dict(synth_workers=0, response_splits=("train", "test_seen", "test_unseen"))
+    c.ctc = _ctc(smoke)
+    c.responses = responses_lib.default_config()
+    c.responses.update(instruction="{content}", max_new_tokens=48, batch_size=64, shard_size=4096)
+    align = _align(smoke)
+    if align is not None:
+        c.align = align
+    if smoke:
+        c.world.update(n_entities=8, n_asr_train=48, n_asr_test=8, n_lm_dialogs=400, n_eval=8)
+        c.tokenizer.vocab_size = 400
+        c.lm_check.update(min_accuracy=0.0, max_new_tokens=16, batch_size=8)
+        c.synth.update(accents=["en-us", "en-gb"], variants=["m1", "f1"],
+                       unseen_accents=["en-us"], unseen_variants=["m3"])
+        c.responses.update(max_new_tokens=24, batch_size=8)
+    stage = flags & set(STAGE_ARGS)
+    if len(stage) > 1:
+        raise ValueError(f"configs/mini.py: give at most one stage arg, got {sorted(stage)}")
+    if stage:
+        from audiochat_jax import pipeline
+        pipeline.fill_paths(c, opts.get("workdir", "work/mini"))
+        (name,) = stage
+        if name not in c:
+            raise ValueError(f"configs/mini.py:{name}: that stage's task is not available yet")
+        if name == "responses":
+            out = ml_collections.ConfigDict()
+            out.responses = c.responses
+            return out
+        return c[name]
+    return c
