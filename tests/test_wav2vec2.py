@@ -316,7 +316,7 @@ def test_remat_gives_same_grads_and_empty_rows_stay_finite():
     np.testing.assert_allclose(flat[1], flat[0], rtol=1e-5, atol=1e-6)
 
 
-def test_training_mode_masks_and_drops_out():
+def test_training_mode_applies_time_masking_on_valid_frames_only():
     cfg = dataclasses.replace(_tiny(mask_time_prob=0.5, mask_time_length=3, hidden_dropout=0.0,
                                     attention_dropout=0.0), num_layers=1)
     model = w2v.Wav2Vec2Encoder(cfg)

@@ -1,0 +1,39 @@
+"""Mini wav2vec2-style encoder for 2 CPU cores: the SSL-encoder alternative to conformer_mini.
+
+    python -m audiochat_jax.train --config configs/wav2vec2_mini.py
+    (runs once the ctc / align tasks select `encoder.kind="wav2vec2"`; encoder section only for now)
+
+`encoder` holds exactly the Wav2Vec2Config fields
+(`Wav2Vec2Config.from_dict(config.encoder.to_dict())`). The published 7-conv stack (strides
+5,2,2,2,2,2,2 = 320 samples = 20 ms frames, 400-sample receptive field) with 64 channels
+instead of 512 (the conv stack would otherwise dominate a CPU step, as the 144-channel
+subsampling did for the conformer), then 4 pre-LN layers of width 144 (4 heads, FFN 576) like
+conformer_mini. LayerNorm convs + stable layer norm: the variant that trains from scratch
+without the base model's warm-up sensitivity. The 128-tap position conv (2.6 s at 50 Hz) is
+cut to 32 taps (0.64 s) for short mini utterances. A CTC head over the 28-character English
+vocabulary + blank gives the `ctc` stage something to train.
+
+`arg`: "" (default) or "smoke" (2 layers of width 64, for a seconds-long CPU check).
+"""
+import ml_collections
+
+from audiochat_jax.models.wav2vec2 import Wav2Vec2Config
+from audiochat_jax.text.char_vocab import CharVocab
+
+
+def get_config(arg=None):
+    smoke = arg == "smoke"
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"configs/wav2vec2_mini.py: unknown arg {arg!r}; use '' or 'smoke'")
+    width, layers = (64, 2) if smoke else (144, 4)
+    encoder = Wav2Vec2Config(
+        hidden_size=width, num_layers=layers, num_heads=4, intermediate_size=4 * width, hidden_act="gelu",
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        conv_dim=(32 if smoke else 64,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8, do_normalize=True, group_norm_masked=True,
+        hidden_dropout=0.1, activation_dropout=0.0, attention_dropout=0.1, feat_proj_dropout=0.0, final_dropout=0.0,
+        mask_time_prob=0.05, mask_time_length=5, ctc_vocab_size=CharVocab.english().size,
+        dtype="float32", param_dtype="float32", remat_policy="none")
+    config = ml_collections.ConfigDict()
+    config.encoder = ml_collections.ConfigDict(encoder.to_dict())
+    return config
