@@ -11,7 +11,8 @@ subsampling did for the conformer), then 4 pre-LN layers of width 144 (4 heads, 
 conformer_mini. LayerNorm convs + stable layer norm: the variant that trains from scratch
 without the base model's warm-up sensitivity. The 128-tap position conv (2.6 s at 50 Hz) is
 cut to 32 taps (0.64 s) for short mini utterances. A CTC head over the 28-character English
-vocabulary + blank gives the `ctc` stage something to train.
+vocabulary + blank gives the `ctc` stage something to train. 1.17M parameters; a jitted
+forward of 8 x 3 s took 0.75 s on the (busy) 2-core machine.
 
 `arg`: "" (default) or "smoke" (2 layers of width 64, for a seconds-long CPU check).
 """

@@ -116,7 +116,7 @@ def world_flags(world: dict) -> list[str]:
     """Command-line overrides pointing the align config at ``world`` with tiny shapes."""
     return [f"--config.align.llm_dir={world['llm']}", f"--config.align.encoder_dir={world['encoder']}",
             f"--config.align.data_dir={world['data']}", f"--config.align.responses={world['responses']}",
-            "--config.align.buckets=(8000,12000)", "--config.align.max_label_length=32",
+            "--config.align.buckets=(9600,)", "--config.align.max_label_length=32",
             "--config.align.max_response_length=12", "--config.align.eval_splits=('test',)",
             "--config.align.shuffle_buffer=16", "--config.batch_size=4", "--config.mesh_shape=(-1,1,1)",
             "--config.log_every=1"]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -270,7 +271,7 @@ def test_output_joins_in_the_input_pipeline(world, full_run):
     assert it.stats["no_response"] == 2
 
 
-def test_config_file_and_cli(world, full_run):
+def test_config_file_and_cli(world, full_run, tmp_path):
     import importlib.util
     spec = importlib.util.spec_from_file_location("cfg", "configs/responses_example.py")
     module = importlib.util.module_from_spec(spec)
@@ -281,8 +282,9 @@ def test_config_file_and_cli(world, full_run):
         R.ResponsesConfig.from_dict(module.get_config().responses.to_dict())
     with pytest.raises(ValueError, match="unknown field"):
         R.ResponsesConfig.from_dict({"llm_dir": "x", "nope": 1})
-    # the CLI on a finished run: nothing to generate, prints the summary
-    out, summary = full_run
+    # the CLI on (a copy of) a finished run: nothing to generate, prints the summary
+    out, summary = tmp_path / "copy", full_run[1]
+    shutil.copytree(full_run[0], out)
     cfg = _config(world, out)
     overrides = [f"--config.responses.{k}={v}" for k, v in cfg.to_dict().items() if k != "mesh_shape"]
     proc = subprocess.run([sys.executable, "-m", "audiochat_jax.responses",
@@ -292,3 +294,4 @@ def test_config_file_and_cli(world, full_run):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout) == summary
+    assert len(json.loads((out / R.PROVENANCE_FILE).read_text())["runs"]) == 2

@@ -230,6 +230,16 @@ def _tiny(**kw):
 def test_config_round_trips_and_rejects_bad_fields():
     cfg = _tiny(feat_extract_norm="layer", do_stable_layer_norm=True, dtype="bfloat16")
     assert w2v.Wav2Vec2Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    import importlib.util, pathlib  # noqa: E401 - configs/ is a folder of files, not a package
+    path = pathlib.Path(__file__).parents[1] / "configs" / "wav2vec2_mini.py"
+    spec = importlib.util.spec_from_file_location("wav2vec2_mini", path)
+    wav2vec2_mini = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wav2vec2_mini)
+    for arg in ("", "smoke"):
+        mini = w2v.Wav2Vec2Config.from_dict(wav2vec2_mini.get_config(arg).encoder.to_dict())
+        assert mini.samples_per_frame == 320 and mini.ctc_vocab_size > 0
+    with pytest.raises(ValueError, match="unknown arg"):
+        wav2vec2_mini.get_config("big")
     with pytest.raises(ValueError, match="unknown field.*hidden_dim"):
         w2v.Wav2Vec2Config.from_dict({"hidden_dim": 3})
     with pytest.raises(ValueError, match="feat_extract_norm='batch'"):
