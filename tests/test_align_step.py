@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from align_fixtures import align_config, make_world
-from audiochat_jax.models import speech_llm
+from audiochat_jax import model_dir
+from audiochat_jax.audio.features import FeatureConfig
+from audiochat_jax.models import conformer, speech_llm
+from audiochat_jax.models.llama import LlamaConfig
+from audiochat_jax.models.projector import ProjectorConfig
+from audiochat_jax.text.chat_template import audio_prompt_parts
 from audiochat_jax.models.generate import generate
 from audiochat_jax.parallel import sharding
 from audiochat_jax.train import align, loop, optimizer, tasks
@@ -82,20 +87,14 @@ def test_overfit_tiny_batch_then_audio_prompt_generates_the_targets(world):
     assert set(state.params) == {"encoder", "projector", "ctc_head"}
     opt_sizes = sum(x.size for x in jax.tree.leaves(state.opt_state))
     trained = sum(x.size for x in jax.tree.leaves(state.params))
-    assert opt_sizes <= 2 * trained + 16 and trained < n_llm * 10
+    assert opt_sizes <= 2 * trained + 16 < n_llm  # Adam moments for the trained tree only
 
     # Greedy generation from [prefix | audio | suffix] reproduces each target response.
-    cfg = task  # noqa: F841  (the config objects live in the task's closures)
-    from audiochat_jax.audio.features import FeatureConfig
-    from audiochat_jax.models import conformer
-    from audiochat_jax.models.llama import LlamaConfig
-    from audiochat_jax import model_dir
     llm_cfg = LlamaConfig.from_dict(model_dir.read_model_config(world["llm"])["config"])
     enc_cfg, _, meta = conformer.load(world["encoder"])
     tok = world["tok"]
-    from audiochat_jax.text.chat_template import audio_prompt_parts
     prefix, suffix = audio_prompt_parts(tok)
-    embedder = speech_llm.AudioEmbedder(enc_cfg, align.ProjectorConfig.from_dict(dict(
+    embedder = speech_llm.AudioEmbedder(enc_cfg, ProjectorConfig.from_dict(dict(
         config.align.projector.to_dict(), in_dim=enc_cfg.d_model, out_dim=llm_cfg.dim)), ctc_head=True)
     out = speech_llm.embed_audio(embedder, jax.device_get(state.variables), FeatureConfig.from_dict(meta["features"]),
                                  batch["audio"], batch["audio_lengths"])

@@ -242,8 +242,12 @@ def _nemo_features(pre: dict, where: str) -> dict:
 
 
 def load_nemo(src: str) -> tuple[ConformerConfig, dict, dict, CharVocab]:
-    import torch
     import yaml
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{src}: reading .nemo weights needs torch (CPU build): "
+                         f"pip install 'audiochat_jax[convert]'") from None
     try:
         tar = tarfile.open(src, "r:*")
     except (tarfile.TarError, OSError) as e:

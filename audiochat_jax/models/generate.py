@@ -117,15 +117,20 @@ def generate(config: LlamaConfig, params, *, tokens=None, embeddings=None, mask,
                          f"(got {temperature}, {top_p})")
     if temperature > 0 and rng is None:
         raise ValueError("generate: temperature > 0 samples; pass rng=jax.random.key(seed)")
-    if not isinstance(mask, jax.core.Tracer):
+    mask = mask if hasattr(mask, "ndim") else np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"generate: mask must be [batch, length] (got shape {mask.shape})")
+    if mask.shape[1] + max_new_tokens > config.max_seq_len:
+        raise ValueError(f"generate: prompt length {mask.shape[1]} + max_new_tokens {max_new_tokens} "
+                         f"exceeds the model's max_seq_len {config.max_seq_len}")
+    # Row contents can only be checked where this host sees every row: a multi-host global
+    # array (or a tracer) is not fully addressable, and fetching it would fail.
+    if not isinstance(mask, jax.core.Tracer) and getattr(mask, "is_fully_addressable", True):
         m = np.asarray(mask)
-        if m.ndim != 2 or not m.any(axis=1).all():
+        if not m.any(axis=1).all():
             raise ValueError(f"generate: mask must be [batch, length] with at least one real token "
                              f"per row (got shape {m.shape}, empty rows "
-                             f"{np.flatnonzero(~m.any(axis=1)).tolist() if m.ndim == 2 else '?'})")
-        if m.shape[1] + max_new_tokens > config.max_seq_len:
-            raise ValueError(f"generate: prompt length {m.shape[1]} + max_new_tokens {max_new_tokens} "
-                             f"exceeds the model's max_seq_len {config.max_seq_len}")
+                             f"{np.flatnonzero(~m.any(axis=1)).tolist()})")
     rng = jax.random.key(0) if rng is None else rng
     return _generate(params, tokens, embeddings, jnp.asarray(mask), rng, config=config,
                      max_new_tokens=int(max_new_tokens), eos_id=int(eos_id), pad_id=int(pad_id),

@@ -37,7 +37,10 @@ jax.config.update("jax_threefry_partitionable", True)
 def _hide_accelerators_from_tf() -> None:
     # TF only reads data and writes TensorBoard events; left alone it would grab GPU memory.
     import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TF already initialised its devices (imported and used earlier): nothing to do
 
 
 class NonFiniteError(RuntimeError):
