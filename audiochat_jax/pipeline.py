@@ -50,7 +50,7 @@ def paths(workdir: str) -> dict[str, str]:
         "speech": j("speech"), "speech_data": j(SPEECH_DIR),
         "ctc_model": j("ctc", "model"),
         "responses": j("responses", "{split}"),
-        "align_model": j("align", "model"),
+        "align_model": j("align", "model"), "align_untrained": j("align", "untrained"),
         "evaluate": j("evaluate"),
     }
 
@@ -65,21 +65,18 @@ def fill_paths(config, workdir: str) -> None:
     r.llm_dir, r.tokenizer, r.dataset_dir = p["lm_model"], p["tokenizer"], p["speech_data"]
     r.out_dir = p["responses"].format(split=r.split)
     if "align" in config:
-        _fill_align(config.align, p)
+        _fill_align(config.align, p, config.pipeline.response_splits)
     if "eval" in config:
         _fill_eval(config.eval, p)
 
 
-def _fill_align(c, p) -> None:
-    """The align task's path fields (train/align.py documents them)."""
+def _fill_align(c, p, response_splits) -> None:
+    """The align task's path fields (train/align.py documents them). The responses of every
+    split are joined by id (ids are unique across splits), so its evals find theirs."""
     a = c.align
-    for key, value in (("llm_dir", p["lm_model"]), ("tokenizer", p["tokenizer"]),
-                       ("encoder_dir", p["ctc_model"]), ("data_dir", p["speech_data"]),
-                       ("responses", os.path.join(p["responses"].format(split="train"), "responses.jsonl")),
-                       ("eval_responses", os.path.join(p["responses"].format(split="test_seen"),
-                                                       "responses.jsonl"))):
-        if key in a:
-            a[key] = value
+    a.llm_dir, a.tokenizer, a.encoder_dir = p["lm_model"], p["tokenizer"], p["ctc_model"]
+    a.data_dir = p["speech_data"]
+    a.responses = ",".join(p["responses"].format(split=s) for s in response_splits)
 
 
 def _fill_eval(c, p) -> None:
@@ -224,10 +221,17 @@ def stage_responses(config, p) -> dict:
 
 
 def stage_align(config, p) -> dict:
+    """The baseline first: the same task with 0 steps (pre-trained encoder, untrained
+    projector) is evaluated and exported to align/untrained/model; then the real run."""
     if "align" not in config:
         raise RuntimeError("config has no `align` section: the align task (train/align.py) is "
                            "not available in this checkout")
-    return _train(config.align, os.path.dirname(p["align_model"]))
+    untrained = config.align.copy_and_resolve_references()
+    untrained.total_steps = 0
+    baseline = _train(untrained, p["align_untrained"])
+    summary = _train(config.align, os.path.dirname(p["align_model"]))
+    summary["untrained_eval"] = baseline["eval"]
+    return summary
 
 
 def stage_evaluate(config, p) -> dict:

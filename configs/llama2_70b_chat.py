@@ -1,25 +1,44 @@
-"""Llama-2-70B-chat: the frozen LLM of the paper/pod scale.
+"""Llama-2-70B-chat: the frozen LLM of the paper/pod scale, and its alignment stage.
 
-    python -m audiochat_jax.convert llama --scan_layers --src Llama-2-70b-chat-hf --out work/llama2_70b_chat
-    python -m audiochat_jax.generate --ckpt work/llama2_70b_chat --tokenizer Llama-2-70b-chat-hf/tokenizer.model --prompt "Hi"
+    python -m audiochat_jax.train --config configs/llama2_70b_chat.py:v5p-128 --workdir work/align_70b --config.align.llm_dir=work/llama2_70b_chat --config.align.encoder_dir=work/ctc_paper/model --config.align.data_dir=work/tfds/librispeech_manual/1.0.0 --config.align.responses=work/responses_70b
 
-Load with `get_config()`; the `llm` section holds exactly the LlamaConfig fields
-(`LlamaConfig.from_dict(config.llm.to_dict())`), with the published dimensions from
-`audiochat_jax.models.llama.LLAMA2_SIZES["70b"]` (Touvron et al. 2023, Table 1; the
-meta-llama config.json). GQA (8 kv heads); scan + full remat keep the 80-layer
-compile and activations small.
-Override from the command line, e.g. `--config.llm.remat_policy=none`. `arg` is unused
-for now (the alignment stage adds its own fields beside `llm`).
+Before it: `python -m audiochat_jax.convert llama --scan_layers --src Llama-2-70b-chat-hf --out
+work/llama2_70b_chat`, a paper conformer (configs/conformer_paper.py:paper) and the responses
+of this LLM to every transcript (`python -m audiochat_jax.responses`). Plan it first (AOT, no
+accelerator needed): `python -m audiochat_jax.plan --config configs/llama2_70b_chat.py:SLICE`.
+
+arg = the slice (mesh = data x fsdp x tensor; global batch = per-device batch x data x fsdp):
+  v4-32      16 v4 devices on 4 host(s), mesh (1, 16, 1), batch 32
+  v5p-128    64 v5p devices on 16 host(s), mesh (4, 16, 1), batch 128
+  v5e-256   256 v5e devices on 64 host(s), mesh (8, 16, 2), batch 128
+  8xh100      8 h100 devices on 1 host(s), mesh (1, 8, 1), batch 16
+  2x8xh100   16 h100 devices on 2 host(s), mesh (2, 8, 1), batch 32
+Each line's launch command (launch/README.md explains the flags; WORK = a shared / gs:// dir):
+  v4-32: launch/tpu_pod.sh --tpu align-70b --zone ZONE --accelerator v4-32 --workdir WORK/align_70b_v4-32 -- --config configs/llama2_70b_chat.py:v4-32 --config.align.llm_dir=WORK/llama2_70b_chat --config.align.encoder_dir=WORK/ctc_paper/model --config.align.data_dir=WORK/tfds/librispeech_manual/1.0.0 --config.align.responses=WORK/responses_70b
+  v5p-128: launch/tpu_pod.sh --tpu align-70b --zone ZONE --accelerator v5p-128 --workdir WORK/align_70b_v5p-128 -- --config configs/llama2_70b_chat.py:v5p-128 --config.align.llm_dir=WORK/llama2_70b_chat --config.align.encoder_dir=WORK/ctc_paper/model --config.align.data_dir=WORK/tfds/librispeech_manual/1.0.0 --config.align.responses=WORK/responses_70b
+  v5e-256: launch/tpu_pod.sh --tpu align-70b --zone ZONE --accelerator v5litepod-256 --workdir WORK/align_70b_v5e-256 -- --config configs/llama2_70b_chat.py:v5e-256 --config.align.llm_dir=WORK/llama2_70b_chat --config.align.encoder_dir=WORK/ctc_paper/model --config.align.data_dir=WORK/tfds/librispeech_manual/1.0.0 --config.align.responses=WORK/responses_70b
+  8xh100: launch/gpu_slurm.sh --nodes 1 --gpus_per_node 8 --workdir WORK/align_70b_8xh100 -- --config configs/llama2_70b_chat.py:8xh100 --config.align.llm_dir=WORK/llama2_70b_chat --config.align.encoder_dir=WORK/ctc_paper/model --config.align.data_dir=WORK/tfds/librispeech_manual/1.0.0 --config.align.responses=WORK/responses_70b
+  2x8xh100: launch/gpu_slurm.sh --nodes 2 --gpus_per_node 8 --workdir WORK/align_70b_2x8xh100 -- --config configs/llama2_70b_chat.py:2x8xh100 --config.align.llm_dir=WORK/llama2_70b_chat --config.align.encoder_dir=WORK/ctc_paper/model --config.align.data_dir=WORK/tfds/librispeech_manual/1.0.0 --config.align.responses=WORK/responses_70b
+Paths are required (`--config.align.*_dir`, `responses`); everything else can be overridden,
+e.g. `--config.llm.remat_policy=full`. The `llm` section holds exactly the LlamaConfig fields
+(`LlamaConfig.from_dict(config.llm.to_dict())`), the published dimensions of
+`audiochat_jax.models.llama.LLAMA2_SIZES["70b"]` (Touvron et al. 2023, Table 1); its dtype
+and remat policy are applied to the LLM loaded from align.llm_dir. `plan` is what
+`audiochat_jax.plan` compiles with (the paper conformer's shape, chat-template lengths).
 """
-import ml_collections
+from audiochat_jax import slices
 
-from audiochat_jax.models.llama import LLAMA2_SIZES, LlamaConfig
+# slice -> (mesh (data, fsdp, tensor), per-device batch). 70B bf16 is 138 GB: FSDP (x tensor on 16 GiB v5e) so params are <= 17 GB/device; full remat.
+MESHES = {
+    "v4-32": ((1, 16, 1), 2),
+    "v5p-128": ((4, 16, 1), 2),
+    "v5e-256": ((8, 16, 2), 1),
+    "8xh100": ((1, 8, 1), 2),
+    "2x8xh100": ((2, 8, 1), 2),
+}
 
 
 def get_config(arg=None):
-    del arg
-    llm = LlamaConfig(**LLAMA2_SIZES["70b"], dtype="bfloat16", param_dtype="bfloat16",
-                      remat_policy="full", scan_layers=True, attention_impl="xla")
-    config = ml_collections.ConfigDict()
-    config.llm = ml_collections.ConfigDict(llm.to_dict())
-    return config
+    name = slices.parse_arg(arg, MESHES, "v5p-128", "configs/llama2_70b_chat.py")
+    mesh, per_device_batch = MESHES[name]
+    return slices.align_config(__file__, "70b", name, mesh, per_device_batch, remat_policy="full")

@@ -106,7 +106,9 @@ def _align(smoke: bool):
         from audiochat_jax.train import align as align_task
     except ImportError:
         return None
-    c = align_task.mini_config(smoke) if hasattr(align_task, "mini_config") else None
+    c = align_task.mini_config(smoke)
+    c.align.eval_splits = ("test_seen", "test_unseen")
+    c.align.instruction = "{content}"  # = config.responses.instruction (checked by the task)
     return c
 
 
@@ -144,7 +146,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.tokenizer.vocab_size = 400
         c.lm_check.update(min_accuracy=0.0, max_new_tokens=16, batch_size=8)
         c.synth.update(accents=["en-us", "en-gb"], variants=["m1", "f1"],
-                       unseen_accents=["en-us"], unseen_variants=["m3"])
+                       unseen_accents=[], unseen_variants=["m3"])
         c.responses.update(max_new_tokens=24, batch_size=8)
     stage = flags & set(STAGE_ARGS)
     if len(stage) > 1:

@@ -225,3 +225,23 @@ def test_nonfinite_run_stops_with_a_clear_message(tmp_path):
                           "--config.max_nonfinite_steps=3")
     with pytest.raises(loop.NonFiniteError, match=r"3 consecutive steps \(up to step 9\).*last checkpoint"):
         loop.train(config, str(tmp_path))
+
+
+def test_init_from_model_directory_in_both_layouts(tmp_path):
+    """``config.init_from`` starts from exported params: bare params (Llama's layout) or a
+    variables dict with a 'params' collection (the conformer's); step 1's loss is the
+    loss of those params on the first batch."""
+    config = small_config("--config.total_steps=30")
+    loop.train(config, str(tmp_path / "a"))
+    _, params = model_dir.load_model_dir(str(tmp_path / "a" / "model"), "toy_mlp")
+    model_dir.save_model_dir(str(tmp_path / "as_variables"), "toy_mlp", {}, {"params": params})
+    first = next(toy.ToyData(config.toy, config.batch_size, config.seed))
+    want = float(np.mean((toy.MLP(config.toy.hidden, config.toy.out_dim).apply(
+        {"params": params}, first["x"]) - first["y"]) ** 2))
+    for name, source in (("b", tmp_path / "a" / "model"), ("c", tmp_path / "as_variables")):
+        run = small_config("--config.total_steps=1", f"--config.init_from={source}")
+        loop.train(run, str(tmp_path / name))
+        got = metrics.read_scalars(str(tmp_path / name / "tensorboard"), "train/loss")[1]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        loop.train(small_config("--config.total_steps=1", f"--config.init_from={tmp_path}"), str(tmp_path / "d"))

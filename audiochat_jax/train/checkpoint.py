@@ -19,12 +19,15 @@ as an index-based iterator is).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from audiochat_jax import model_dir
 
 STATE, DATA = "state", "data"
 
@@ -85,6 +88,30 @@ def restore_state(directory: str, step: int | None, abstract_state: Any) -> tupl
         STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     manager.close()
     return out[STATE], out[DATA], step
+
+
+def load_init_variables(path: str, abstract_state) -> dict:
+    """``{"params": ..., ["model_state": ...]}`` from a model directory, restored onto the
+    state's shardings. The directory holds bare params (Llama) or a variables dict with a
+    ``params`` collection (conformer: params + batch_stats); both are accepted."""
+    model_dir.read_model_config(path)  # a clear error if it is not a model directory
+    with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(os.path.join(os.path.abspath(path), model_dir.PARAMS_DIR)).item_metadata
+    as_variables = "params" in saved.keys()
+    abstract = abstract_state.variables if as_variables else abstract_state.params
+    if as_variables:
+        abstract = {k: v for k, v in abstract.items() if k in saved.keys()}
+    try:
+        _, tree = model_dir.load_model_dir(path, None, abstract)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"config.init_from={path!r}: its parameters do not match this task's model "
+                         f"(check the model config against the directory's config.json): {e}") from e
+    if not as_variables:
+        return {"params": tree}
+    out = {"params": tree.pop("params")}
+    if tree:
+        out["model_state"] = {**abstract_state.model_state, **tree}
+    return out
 
 
 class PreemptionWatch:

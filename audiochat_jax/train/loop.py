@@ -20,7 +20,6 @@ import ml_collections
 import optax
 from ml_collections import config_dict
 
-from audiochat_jax import model_dir
 from audiochat_jax.parallel import sharding
 from audiochat_jax.train import checkpoint, metrics, optimizer, tasks
 from audiochat_jax.train.state import TrainState
@@ -51,7 +50,8 @@ class NonFiniteError(RuntimeError):
 # Config
 # ---------------------------------------------------------------------------------------
 def base_config() -> ml_collections.ConfigDict:
-    """The loop's fields. Placeholders are required: a run with one unset fails naming it. Task configs add their own section (``config.toy``, ``config.lm``, ...)."""
+    """The loop's fields. Placeholders are required: a run with one unset fails naming it.
+    Task configs add their own section (``config.toy``, ``config.lm``, ...)."""
     c = ml_collections.ConfigDict()
     c.task = config_dict.placeholder(str)        # a name registered in train/tasks.py
     c.seed = 0
@@ -243,32 +243,6 @@ def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_s
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def load_init_variables(path: str, abstract_state) -> dict:
-    """``{"params": ..., ["model_state": ...]}`` from a model directory, restored onto the
-    state's shardings. The directory holds bare params (Llama) or a variables dict with a
-    ``params`` collection (conformer: params + batch_stats); both are accepted."""
-    import orbax.checkpoint as ocp
-
-    model_dir.read_model_config(path)  # a clear error if it is not a model directory
-    with ocp.StandardCheckpointer() as ckptr:
-        saved = ckptr.metadata(os.path.join(os.path.abspath(path), model_dir.PARAMS_DIR)).item_metadata
-    as_variables = "params" in saved.keys()
-    abstract = abstract_state.variables if as_variables else abstract_state.params
-    if as_variables:
-        abstract = {k: v for k, v in abstract.items() if k in saved.keys()}
-    try:
-        _, tree = model_dir.load_model_dir(path, None, abstract)
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"config.init_from={path!r}: its parameters do not match this task's model "
-                         f"(check the model config against the directory's config.json): {e}") from e
-    if not as_variables:
-        return {"params": tree}
-    out = {"params": tree.pop("params")}
-    if tree:
-        out["model_state"] = {**abstract_state.model_state, **tree}
-    return out
-
-
 def _shape_key(batch) -> tuple:
     return tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
 
@@ -344,7 +318,7 @@ def train(config, workdir: str) -> dict:
         train_iter.set_state(data_state)
         log(f"resumed from {config.resume_from} step {start}")
     elif config.init_from:
-        state = init_state().replace(**load_init_variables(config.init_from, abstract_state))
+        state = init_state().replace(**checkpoint.load_init_variables(config.init_from, abstract_state))
         log(f"initialised from model directory {config.init_from}")
     else:
         state = init_state()

@@ -1,0 +1,293 @@
+"""``python -m audiochat_jax.plan --config configs/llama2_70b_chat.py:v5p-128 [--devices N] [--chip v5p]``
+
+Plans the alignment step of a paper/pod config without the hardware: the trainer's own step
+(train/loop.py: optimizer, donated TrainState, frozen LLM input, shardings from the logical
+axis names) is AOT-lowered and compiled for N fake CPU devices on ``config.mesh_shape``, with
+abstract parameters (``jax.ShapeDtypeStruct`` — nothing is allocated), and the compiled
+executable's per-device memory (arguments, temporaries, outputs) and FLOPs are printed,
+with the step time they imply at the chip's peak and whether the memory fits its HBM.
+
+The batch is the largest bucket (``config.align.buckets[-1]`` samples of audio, full-length
+labels and responses): the worst case the run will compile.
+
+FLOPs: XLA's cost analysis counts a while-loop body once, so a scanned LLM
+(``scan_layers=True``) would be undercounted by its depth. The FLOPs are therefore measured
+on the same step compiled with 1 and 2 *unrolled* LLM layers and extrapolated linearly in
+depth (every layer is identical); memory comes from the real, scanned compile.
+CPU compiles differ from TPU/GPU ones in fusion and layout, so the memory is a planning
+figure (good to ~10-20%), not a guarantee.
+
+The align loss here is ``train/align.py``'s training loss, built from the same pieces
+(speech_llm.embed_audio / build_prompt / response_logits, align.response_ce / distill_kl /
+chamfer_cosine, models.ctc.ctc_loss) with abstract inputs instead of model directories;
+tests/test_plan.py checks it equals the align task's loss on a tiny world.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from audiochat_jax.slices import CHIPS
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "An align config with a `plan` section, e.g. configs/llama2_7b_chat.py:8xh100; "
+    "override fields with --config.key=value.", lock_config=True)
+_DEVICES = flags.DEFINE_integer(
+    "devices", 0, "Fake CPU devices to compile for (0 = the product of config.mesh_shape).")
+_CHIP = flags.DEFINE_enum(
+    "chip", None, sorted(CHIPS), "Chip whose peak FLOP/s and HBM the step is compared with "
+    "(default: config.plan.chip).")
+
+
+# ---------------------------------------------------------------------------------------
+# The align task from abstract parts
+# ---------------------------------------------------------------------------------------
+def align_loss(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int):
+    """``loss(variables, llm_params, batch, rng) -> (loss, aux)``: align.py's training loss.
+
+    cfg is ``config.align``; prefix/suffix int32 [P]/[S] chat-template ids; the batch holds
+    audio [b, samples] f32, audio_lengths, response_ids [b, R], response_lengths, labels
+    [b, Lt], label_lengths, valid [b] (and ctc_labels/ctc_label_lengths with ctc_weight).
+    """
+    import jax
+    import jax.numpy as jnp
+    from audiochat_jax.models import speech_llm
+    from audiochat_jax.models.ctc import ctc_loss
+    from audiochat_jax.models.llama import DTYPES
+    from audiochat_jax.train import align
+
+    patterns = align.frozen_patterns(cfg.trainable, embedder.encoder.n_layers)
+    encoder_train = cfg.trainable == "all"
+
+    def loss(variables, llm, batch, rng):
+        variables = {**variables, "params": align.stop_frozen_gradients(variables["params"], patterns)}
+        mutable = [k for k in variables if k != "params"] if encoder_train else False
+        out = speech_llm.embed_audio(embedder, variables, feat_cfg, batch["audio"], batch["audio_lengths"],
+                                     train=encoder_train, mutable=mutable,
+                                     rngs={"dropout": jax.random.fold_in(rng, 1)} if encoder_train else None)
+        out, new_state = out if mutable else (out, {})
+        audio = out["embeddings"].astype(DTYPES[llm_cfg.dtype])
+        targets, R = batch["response_ids"], batch["response_ids"].shape[1]
+        valid = batch["valid"].astype(jnp.float32)
+        weights = (jnp.arange(R)[None, :] < batch["response_lengths"][:, None]) * valid[:, None]
+        prompt = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, audio, out["lengths"],
+                                         targets, batch["response_lengths"])
+        logits = speech_llm.response_logits(llm_cfg, llm, prompt, R)
+        ce, correct, tokens = align.response_ce(logits, targets, weights)
+        n = jnp.maximum(tokens, 1.0)
+        aux = {"ce": ce / n, "accuracy": correct / n, "tokens_sum": tokens}
+        total = cfg.ce_weight * aux["ce"]
+        if cfg.kl_weight > 0:
+            text = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, batch["labels"], batch["label_lengths"],
+                                           targets, batch["response_lengths"])
+            teacher = jax.lax.stop_gradient(speech_llm.response_logits(llm_cfg, llm, text, R))
+            aux["kl"] = align.distill_kl(logits, teacher, weights, cfg.kl_temperature) / n
+            total = total + cfg.kl_weight * aux["kl"]
+        if cfg.ctc_weight > 0:
+            has = (batch["ctc_label_lengths"] > 0) * valid
+            nll = ctc_loss(out["ctc_logits"], out["frame_lengths"], batch["ctc_labels"],
+                           batch["ctc_label_lengths"], blank_id)
+            aux["ctc"] = jnp.sum(jnp.where(has > 0, nll, 0.0)) / jnp.maximum(
+                jnp.sum(batch["ctc_label_lengths"] * has), 1.0)
+            total = total + cfg.ctc_weight * aux["ctc"]
+        if cfg.embed_weight > 0:
+            tok = speech_llm.embed_tokens(llm_cfg, llm, batch["labels"])
+            rows = jnp.maximum(jnp.sum(valid), 1.0)
+            aux["embed"] = jnp.sum(align.chamfer_cosine(out["embeddings"], out["lengths"], tok,
+                                                        batch["label_lengths"]) * valid) / rows
+            total = total + cfg.embed_weight * aux["embed"]
+        if new_state:
+            aux["model_state"] = new_state
+        return total, aux
+
+    return loss, patterns
+
+
+def abstract_batch(config, mesh) -> dict:
+    """The largest-bucket global batch as sharded ``ShapeDtypeStruct``s."""
+    import jax
+    import jax.numpy as jnp
+    from audiochat_jax.parallel import sharding
+    a, B = config.align, config.batch_size
+    shapes = {"audio": ((B, max(a.buckets)), jnp.float32), "audio_lengths": ((B,), jnp.int32),
+              "labels": ((B, a.max_label_length), jnp.int32), "label_lengths": ((B,), jnp.int32),
+              "response_ids": ((B, a.max_response_length), jnp.int32),
+              "response_lengths": ((B,), jnp.int32), "valid": ((B,), jnp.bool_)}
+    if a.ctc_weight > 0:
+        shapes.update(ctc_labels=((B, a.ctc_max_label_length), jnp.int32), ctc_label_lengths=((B,), jnp.int32))
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s)))
+            for k, (s, d) in shapes.items()}
+
+
+def abstract_task(config, mesh, llm_layers: int | None = None):
+    """``(Task, LlamaConfig)`` of the align step with abstract, sharded frozen LLM params.
+
+    ``llm_layers`` replaces the LLM depth, unrolled (no scan): the FLOP-count compiles.
+    """
+    import jax
+    import jax.numpy as jnp
+    import flax.linen as nn
+    import numpy as np
+    from audiochat_jax.audio.features import FeatureConfig
+    from audiochat_jax.models.conformer import ConformerConfig
+    from audiochat_jax.models.llama import LlamaConfig, init_params
+    from audiochat_jax.models.projector import ProjectorConfig
+    from audiochat_jax.models.speech_llm import AudioEmbedder
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import tasks
+
+    a = config.align
+    llm_cfg = LlamaConfig.from_dict(config.llm.to_dict())
+    llm_cfg = llm_cfg.replace(**{k: v for k, v in (("dtype", a.llm_dtype), ("remat_policy", a.llm_remat_policy)) if v})
+    if llm_layers is not None:
+        llm_cfg = llm_cfg.replace(n_layers=llm_layers, scan_layers=False)
+    enc_cfg = ConformerConfig.from_dict(config.plan.encoder.to_dict())
+    feat_cfg = FeatureConfig.from_dict(config.plan.features.to_dict())
+    proj_cfg = ProjectorConfig.from_dict(dict(a.projector.to_dict(), in_dim=enc_cfg.d_model, out_dim=llm_cfg.dim))
+    embedder = AudioEmbedder(enc_cfg, proj_cfg, ctc_head=a.ctc_weight > 0)
+    prefix = np.ones((config.plan.prefix_tokens,), np.int32)
+    suffix = np.ones((config.plan.suffix_tokens,), np.int32)
+    loss, patterns = align_loss(a, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id=enc_cfg.vocab_size - 1)
+
+    boxed = jax.eval_shape(lambda: init_params(llm_cfg, jax.random.key(0)))
+    llm_shardings = sharding.logical_to_sharding(boxed, mesh)
+    frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), llm_shardings)
+
+    def init(rng):
+        frames = 64
+        return embedder.init(rng, jnp.zeros((1, frames, enc_cfg.n_mels), jnp.float32),
+                             jnp.array([frames], jnp.int32))
+
+    task = tasks.Task(init=init, loss=loss, train_data=lambda: iter(()), frozen=frozen,
+                      frozen_patterns=patterns)
+    return task, llm_cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Compile and measure
+# ---------------------------------------------------------------------------------------
+def compile_step(config, mesh, llm_layers: int | None = None):
+    """``(compiled, abstract_state, seconds)``: the trainer's jitted step, AOT-compiled."""
+    import jax
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import loop, optimizer
+
+    task, _ = abstract_task(config, mesh, llm_layers)
+    frozen_patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
+    tx, schedule = optimizer.make_optimizer(config, frozen_patterns)
+    _, abstract_state, shardings = loop.train_state_shapes(task, tx, mesh, config.seed)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        compiled = step.lower(abstract_state, task.frozen, abstract_batch(config, mesh)).compile()
+    return compiled, abstract_state, time.perf_counter() - t0
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def analytic_llm_flops(config) -> float:
+    """Per-step LLM FLOPs over all devices by the usual matmul count: the frozen LLM runs
+    forward (2N per token), backward for activation gradients only (2N; no weight gradients),
+    plus one more forward per remat'ed layer (2N with ``full``); attention scores add
+    ``4 * layers * length * dim`` per token forward. A cross-check of XLA's count."""
+    import jax
+    from audiochat_jax.models.llama import LlamaConfig, init_params
+    llm = LlamaConfig.from_dict(config.llm.to_dict())
+    a = config.align
+    n = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init_params(llm, jax.random.key(0)))))
+    n -= llm.vocab_size * llm.dim  # the input embedding is a gather, not a matmul
+    stride_ms = config.plan.encoder.subsampling_factor * config.plan.features.hop_ms * a.projector.stack
+    length = (config.plan.prefix_tokens + int(max(a.buckets) / 16.0 / stride_ms) + config.plan.suffix_tokens
+              + a.max_response_length)
+    passes = 3 if (a.llm_remat_policy or llm.remat_policy) == "full" else 2
+    per_token = passes * 2 * n + passes * 4 * llm.n_layers * length * llm.dim
+    return per_token * length * config.batch_size
+
+
+def plan(config, devices: int = 0, chip: str | None = None) -> dict:
+    """Compiles and measures; returns the report dict (also what :func:`main` prints)."""
+    import jax
+    from audiochat_jax.parallel import sharding
+
+    # No loop.check_config: the data/model paths may stay unset, planning reads nothing.
+    chip = chip or config.plan.chip
+    if chip not in CHIPS:
+        raise ValueError(f"config.plan.chip={chip!r}: use one of {sorted(CHIPS)}")
+    n = devices or jax.device_count()
+    if len(jax.devices()) < n:
+        raise ValueError(f"{n} devices requested but JAX has {len(jax.devices())}; run plan as its own "
+                         "process (it sets jax_num_cpu_devices before JAX starts)")
+    mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:n])
+    if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by data*fsdp="
+                         f"{mesh.shape['data'] * mesh.shape['fsdp']} x grad_accum_steps")
+    compiled, state, seconds = compile_step(config, mesh)
+    mem = compiled.memory_analysis()
+    f1, f2 = (_flops(compile_step(config, mesh, k)[0]) for k in (1, 2))
+    layers = config.llm.n_layers
+    flops = f1 + (layers - 1) * (f2 - f1)  # per device
+    spec = CHIPS[chip]
+    total_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    trainable = sum(x.size for x in jax.tree.leaves(state.params))
+    return {
+        "config": config.plan.get("slice", ""), "devices": n, "mesh": dict(mesh.shape),
+        "batch_size": config.batch_size, "audio_samples": max(config.align.buckets),
+        "compile_seconds": seconds, "trainable_params": int(trainable),
+        "argument_gib": mem.argument_size_in_bytes / 2**30, "output_gib": mem.output_size_in_bytes / 2**30,
+        "alias_gib": mem.alias_size_in_bytes / 2**30, "temp_gib": mem.temp_size_in_bytes / 2**30,
+        "total_gib": total_bytes / 2**30, "flops_per_device": flops,
+        "analytic_llm_flops_per_device": analytic_llm_flops(config) / n,
+        "chip": chip, "peak_flops": spec.peak_bf16_flops, "hbm_gib": spec.hbm_gib,
+        "step_seconds_at_peak": flops / spec.peak_bf16_flops, "fits": total_bytes / 2**30 <= spec.hbm_gib,
+    }
+
+
+def format_report(r: dict) -> str:
+    return "\n".join([
+        f"plan {r['config']}: {r['devices']} devices, mesh {r['mesh']}, global batch {r['batch_size']} "
+        f"x {r['audio_samples'] / 16000:.0f} s audio; {r['trainable_params']:,} trainable params; "
+        f"compiled in {r['compile_seconds']:.1f} s",
+        f"per-device memory: arguments {r['argument_gib']:.2f} GiB, temporaries {r['temp_gib']:.2f} GiB, "
+        f"outputs {r['output_gib']:.2f} GiB (aliased with arguments {r['alias_gib']:.2f} GiB); "
+        f"total {r['total_gib']:.2f} GiB of {r['hbm_gib']:g} GiB on {r['chip']}: "
+        f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
+        f"per-device FLOPs/step: {r['flops_per_device']:.4g} (analytic LLM estimate "
+        f"{r['analytic_llm_flops_per_device']:.4g}); at {r['chip']} peak {r['peak_flops'] / 1e12:g} TFLOP/s: "
+        f"{r['step_seconds_at_peak']:.3f} s/step (100% MFU)",
+    ])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+    config = _CONFIG.value
+    if "plan" not in config:
+        sys.exit(f"error: {flags.FLAGS['config'].value!r} has no `plan` section; use a paper/pod config "
+                 "(configs/llama2_*_chat.py)")
+    n = _DEVICES.value
+    if not n:
+        n = 1
+        for s in config.mesh_shape:
+            n *= abs(int(s))
+    # Fake CPU devices, set before JAX starts its backends (AOT: nothing is allocated).
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+    try:
+        report = plan(config, n, _CHIP.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(format_report(report), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
