@@ -145,11 +145,18 @@ def stage_tokenizer(config, p) -> dict:
     return {"vocab_size": Tokenizer(p["tokenizer"]).vocab_size}
 
 
+class StageError(RuntimeError):
+    """A stage could not finish; the message says why and what to do (rerun resumes)."""
+
+
 def _train(trainer_config, workdir: str) -> dict:
     from audiochat_jax.train import loop
-    result = loop.train(trainer_config, workdir)
+    try:
+        result = loop.train(trainer_config, workdir)
+    except loop.NonFiniteError as e:
+        raise StageError(str(e)) from e
     if result["status"] != "done":
-        raise RuntimeError(f"training in {workdir} stopped early ({result['status']} at step "
+        raise StageError(f"training in {workdir} stopped early ({result['status']} at step "
                            f"{result['step']}); rerun the pipeline to resume it")
     return {"step": result["step"], "train": _floats(result["train"]), "eval": _floats(result["eval"])}
 
@@ -224,10 +231,11 @@ def stage_align(config, p) -> dict:
     """The baseline first: the same task with 0 steps (pre-trained encoder, untrained
     projector) is evaluated and exported to align/untrained/model; then the real run."""
     if "align" not in config:
-        raise RuntimeError("config has no `align` section: the align task (train/align.py) is "
+        raise StageError("config has no `align` section: the align task (train/align.py) is "
                            "not available in this checkout")
     untrained = config.align.copy_and_resolve_references()
     untrained.total_steps = 0
+    untrained.optimizer.warmup_steps = 0  # the schedule must fit in 0 steps
     baseline = _train(untrained, p["align_untrained"])
     summary = _train(config.align, os.path.dirname(p["align_model"]))
     summary["untrained_eval"] = baseline["eval"]
@@ -236,7 +244,7 @@ def stage_align(config, p) -> dict:
 
 def stage_evaluate(config, p) -> dict:
     if "eval" not in config:
-        raise RuntimeError("config has no `eval` section: audiochat_jax/evaluate.py is not "
+        raise StageError("config has no `eval` section: audiochat_jax/evaluate.py is not "
                            "available in this checkout")
     from audiochat_jax import evaluate
     return evaluate.run(config.eval)
@@ -253,6 +261,14 @@ STAGE_FNS: dict[str, Callable[[Any, dict], dict]] = {
 # ---------------------------------------------------------------------------------------
 def is_done(workdir: str, stage: str) -> bool:
     return os.path.exists(os.path.join(workdir, stage, MARKER))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (synthesis workers): with wall
+    time it shows how contended the machine was (2 free cores: CPU ~ 2x wall at best)."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _fmt(seconds: float) -> str:
@@ -288,16 +304,18 @@ def run(config, workdir: str, only: list[str] = (), force: list[str] = ()) -> di
         print(f"\n{'=' * 20} [{k}/{len(todo)}] {stage} {'=' * 20}  "
               f"(pipeline at {_fmt(time.perf_counter() - t_start)})", flush=True)
         os.makedirs(os.path.join(workdir, stage), exist_ok=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         summary = STAGE_FNS[stage](config, p)
-        seconds = time.perf_counter() - t0
-        results[stage] = {"stage": stage, "seconds": round(seconds, 1), "summary": summary,
+        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+        results[stage] = {"stage": stage, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                          "summary": summary,
                           "config": config[_SECTION[stage]].to_json() if _SECTION.get(stage) else None}
         tmp = marker + ".tmp"
         with open(tmp, "w") as f:
             json.dump(results[stage], f, indent=2)
         os.replace(tmp, marker)  # written last, atomically: its presence means "complete"
-        print(f"---- {stage} done in {_fmt(seconds)}: {json.dumps(summary)[:400]}", flush=True)
+        print(f"---- {stage} done in {_fmt(seconds)} (CPU {_fmt(cpu)}): {json.dumps(summary)[:400]}",
+              flush=True)
     print(f"\npipeline finished in {_fmt(time.perf_counter() - t_start)}; artifacts in {workdir}",
           flush=True)
     return results
@@ -330,7 +348,7 @@ def main(argv=None) -> None:
         try:
             run(config.value, workdir.value, parse_stages(only.value, "only"),
                 parse_stages(force.value, "force"))
-        except ValueError as e:
+        except (ValueError, StageError) as e:  # named input/config errors; preemption
             sys.exit(f"error: {e}")
 
     app.run(_main, argv=argv)

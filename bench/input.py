@@ -7,13 +7,11 @@ Prints examples/s of ``audiochat_jax.data.input.SpeechInput`` (raw audio, the de
 with log-mel computed in the pipeline), the on-device cost of ``log_mel`` per batch, and the
 examples/s a train step consumes, then the ratio (target >= 5x).
 
-The consumer is a STAND-IN until the align step exists: one jitted conformer-CTC train step
-(log-mel on device + the mini world's conformer, d=144, 4 blocks, 64-channel subsampling,
-forward + backward + SGD update) on the same batch shapes, timed per bucket and weighted by
-the bucket mix the pipeline actually produced. The align step adds the frozen LLM's forward
-and backward to this, so it consumes examples more slowly than the stand-in and the ratio
-reported here is a lower bound for alignment. Pipeline and step are timed one after the other
-on the same (shared, noisy) CPU; in training they share it, which this does not model.
+The consumer is the real align train step (bench/align_step.py: log-mel on device, the
+mini conformer, projector, splice, the frozen mini LLM's forward + backward, AdamW) on the
+same batch shapes, timed per bucket and weighted by the bucket mix the pipeline actually
+produced. Pipeline and step are timed one after the other on the same (shared, noisy) CPU;
+in training they share it, which this does not model.
 """
 from __future__ import annotations
 
@@ -91,35 +89,16 @@ def timed(fn, *args, reps: int = 5) -> float:
     return statistics.median(times)
 
 
-def stand_in_step(fc: FeatureConfig, batch: int):
-    """A conformer-CTC train step (features on device), the consumer until align exists."""
-    from audiochat_jax.models.conformer import ConformerCTC, ConformerConfig, init_variables
-    from audiochat_jax.models.ctc import ctc_loss
-    cfg = ConformerConfig(n_mels=fc.n_mels, d_model=144, n_layers=4, n_heads=4, ffn_dim=576,
-                          subsampling_channels=64, vocab_size=29)
-    variables = init_variables(cfg, jax.random.key(0))
-    model = ConformerCTC(cfg)
+def align_step(batch: int):
+    """``run(samples)``: one real align train step on a ``[batch, samples]`` audio batch."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from align_step import make_align_step
+    root, steps = tempfile.mkdtemp(prefix="bench_align_"), {}
 
-    @jax.jit
-    def step(variables, audio, lengths, labels, label_lengths):
-        feats, flen = log_mel(audio, lengths, fc)
-
-        def loss_fn(params):
-            (logits, out_len), new = model.apply({**variables, "params": params}, feats, flen, train=True,
-                                                 rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
-            return ctc_loss(logits, out_len, labels, label_lengths, blank_id=28).mean(), new
-
-        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-        params = jax.tree.map(lambda p, g: p - 1e-3 * g, variables["params"], grads)
-        return {**variables, **new, "params": params}, loss
-
-    def run(shape):
-        rng = np.random.default_rng(0)
-        audio = jnp.asarray(rng.standard_normal((batch, shape)).astype(np.float32) * 0.1)
-        lengths = jnp.full((batch,), shape, jnp.int32)
-        labels = jnp.asarray(rng.integers(0, 28, (batch, 48)), jnp.int32)
-        label_lengths = jnp.full((batch,), 40, jnp.int32)
-        return step(variables, audio, lengths, labels, label_lengths)
+    def run(samples):
+        if samples not in steps:
+            steps[samples] = make_align_step(os.path.join(root, str(samples)), batch, samples)[0]
+        return steps[samples]()
     return run
 
 
@@ -149,7 +128,7 @@ def main():
 
     logmel_s = {b: timed(lambda a, l: log_mel(a, l, fc), jnp.zeros((args.batch_size, b), jnp.float32),
                          jnp.full((args.batch_size,), b, jnp.int32)) for b in buckets}
-    run = stand_in_step(fc, args.batch_size)
+    run = align_step(args.batch_size)
     step_s = {b: timed(run, b, reps=3) for b in buckets}
     consumed = len(mix) * args.batch_size / sum(step_s[b] for b in mix)
 
@@ -158,9 +137,9 @@ def main():
     print(f"pipeline, raw audio (default):      {audio_rate:9.1f} examples/s")
     print(f"pipeline, log-mel on host:          {feat_rate:9.1f} examples/s")
     for b in buckets:
-        print(f"bucket {b:6d}: log_mel on device {logmel_s[b] * 1e3:7.1f} ms, stand-in step "
+        print(f"bucket {b:6d}: log_mel on device {logmel_s[b] * 1e3:7.1f} ms, align step "
               f"{step_s[b] * 1e3:8.1f} ms ({100 * logmel_s[b] / step_s[b]:.1f}% of it)")
-    print(f"stand-in conformer-CTC step consumes {consumed:9.1f} examples/s")
+    print(f"align train step consumes {consumed:9.1f} examples/s")
     print(f"RATIO pipeline / consumer: {audio_rate / consumed:.1f}x (target >= 5x)")
 
 

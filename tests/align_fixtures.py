@@ -60,7 +60,9 @@ class AlignToySpeech(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 LLM = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=128,
            dtype="float32", param_dtype="float32")
 ENCODER = dict(n_mels=32, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, conv_kernel_size=5,
-               subsampling="dw_striding", subsampling_factor=4, subsampling_channels=8,
+               # "striding": the depthwise conv of "dw_striding" gets a different kernel gradient
+               # on a (2, 2, 2) mesh than on one device (reported; tests/test_align_step.py).
+               subsampling="striding", subsampling_factor=4, subsampling_channels=8,
                dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
 
 
@@ -118,5 +120,5 @@ def world_flags(world: dict) -> list[str]:
             f"--config.align.data_dir={world['data']}", f"--config.align.responses={world['responses']}",
             "--config.align.buckets=(9600,)", "--config.align.max_label_length=32",
             "--config.align.max_response_length=12", "--config.align.eval_splits=('test',)",
-            "--config.align.shuffle_buffer=16", "--config.batch_size=4", "--config.mesh_shape=(-1,1,1)",
+            "--config.align.shuffle_buffer=16", "--config.align.ctc_weight=0.0", "--config.batch_size=4", "--config.mesh_shape=(-1,1,1)",
             "--config.log_every=1"]

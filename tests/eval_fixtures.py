@@ -14,12 +14,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align_fixtures import make_world  # noqa: F401  (re-exported for the tests)
 from audiochat_jax import model_dir
+from audiochat_jax.audio.features import FeatureConfig
+from audiochat_jax.models.conformer import ConformerConfig
+from audiochat_jax.models.llama import LlamaConfig, init_params
+from audiochat_jax.text.char_vocab import CharVocab
+from audiochat_jax.text.tokenizer import train_sentencepiece
 from audiochat_jax.models import conformer, speech_llm
 from audiochat_jax.models.projector import ProjectorConfig
 from audiochat_jax.text.chat_template import audio_prompt_parts
 from audiochat_jax.text.tokenizer import Tokenizer
+
+
+# align_fixtures' tiny shapes (not imported: that module pulls in TFDS, slow to import).
+WORDS = "the cat sat on a mat what is seven plus twelve where does anna live red blue dog".split()
+LLM = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=128,
+           dtype="float32", param_dtype="float32")
+ENCODER = dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, ffn_dim=64, conv_kernel_size=5,
+               subsampling="dw_striding", subsampling_factor=4, subsampling_channels=8,
+               dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
+
+
+def make_world(root, corpus=(), llm_init_scale: float = 10.0, max_seq_len: int = 128) -> dict:
+    """align_fixtures' models without its TFDS dataset (the eval renders its own audio)."""
+    root = str(root)
+    corpus = list(corpus) + [" ".join(WORDS)] * 3 + ["[INST] <<SYS>> [/INST] translate to french: "]
+    tok = Tokenizer(train_sentencepiece(corpus, os.path.join(root, "spm"), vocab_size=300))
+    # Weights ~10x HF's 0.02 so the random LLM's outputs depend on its input.
+    llm_cfg = LlamaConfig(vocab_size=tok.vocab_size, **{**LLM, "max_seq_len": max_seq_len})
+    params = jax.tree.map(lambda x: np.asarray(x) * llm_init_scale if x.ndim >= 2 else np.asarray(x),
+                          __import__("flax").linen.unbox(init_params(llm_cfg, jax.random.key(7))))
+    llm_dir = os.path.join(root, "llm")
+    os.makedirs(llm_dir, exist_ok=True)
+    with open(tok.model_path, "rb") as f, open(os.path.join(llm_dir, "tokenizer.model"), "wb") as g:
+        g.write(f.read())
+    model_dir.save_model_dir(llm_dir, "llama", llm_cfg.to_dict(), params, tokenizer="tokenizer.model")
+    vocab = CharVocab.english()
+    enc_cfg = ConformerConfig(vocab_size=vocab.size, **ENCODER)
+    enc_dir = os.path.join(root, "conformer")
+    conformer.save(enc_dir, enc_cfg, conformer.init_variables(enc_cfg, jax.random.key(3)),
+                   features=FeatureConfig(n_mels=32).to_dict(), vocab=vocab.to_dict())
+    return {"root": root, "tok": tok, "llm": llm_dir, "encoder": enc_dir}
 
 
 def make_speech_llm(world: dict, name: str = "aligned", scale: float = 1.0) -> str:
@@ -32,7 +67,7 @@ def make_speech_llm(world: dict, name: str = "aligned", scale: float = 1.0) -> s
                                       features=meta["features"], llm=llm_meta["config"], ctc_head=True,
                                       prefix_ids=tuple(spec_prefix), suffix_ids=tuple(spec_suffix))
     embedder = spec.embedder()
-    variables = embedder.init(jax.random.key(11), jnp.zeros((1, 64, enc_cfg.n_mels)), jnp.array([64]))
+    variables = jax.jit(embedder.init)(jax.random.key(11), jnp.zeros((1, 64, enc_cfg.n_mels)), jnp.array([64]))
     variables = jax.tree.map(np.asarray, __import__("flax").linen.unbox(variables))
     # Graft the conformer's trained (here: random but fixed) encoder + CTC head, as align does.
     variables["params"]["encoder"] = enc_vars["params"]["encoder"]

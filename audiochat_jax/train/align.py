@@ -296,6 +296,10 @@ def align_task(config, mesh) -> tasks.Task:
     use_ctc = cfg.ctc_weight > 0 or "ctc_head" in enc_vars["params"]
     embedder = speech_llm.AudioEmbedder(enc_cfg, proj_cfg, ctc_head=use_ctc)
     patterns = frozen_patterns(cfg.trainable, enc_cfg.n_layers)
+    if use_ctc and cfg.ctc_weight == 0 and r"^\['ctc_head'\]" not in patterns:
+        # No CTC loss: the head keeps its pre-trained weights (the cascade's recogniser) and
+        # gets no Adam moments.
+        patterns += (r"^\['ctc_head'\]",)
     encoder_train = cfg.trainable == "all"
     if cfg.ctc_weight > 0 and vocab.kind != "chars":
         raise ValueError(f"config.align.ctc_weight>0 needs a character CTC vocabulary; {cfg.encoder_dir} "
