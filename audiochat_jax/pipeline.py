@@ -227,18 +227,32 @@ def stage_responses(config, p) -> dict:
     return out
 
 
+def evaluate_untrained(trainer_config, out_dir: str) -> dict:
+    """The task's own eval of its freshly initialised state (for align: the pre-trained
+    encoder with an untrained projector), exported to ``out_dir/model`` as a baseline."""
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import loop, optimizer, tasks
+    loop.check_config(trainer_config)
+    mesh = sharding.make_mesh(trainer_config.mesh_shape)
+    task = tasks.get_task(trainer_config.task)(trainer_config, mesh)
+    tx, _ = optimizer.make_optimizer(trainer_config)
+    state, _, _ = loop.init_train_state(task, tx, mesh, trainer_config.seed)
+    result = _floats(task.evaluate(state.variables, task.frozen)) if task.evaluate else {}
+    if task.export is not None:
+        task.export(state.variables, os.path.join(out_dir, "model"))
+    print(f"  untrained: {json.dumps(result)[:300]}", flush=True)
+    return result
+
+
 def stage_align(config, p) -> dict:
-    """The baseline first: the same task with 0 steps (pre-trained encoder, untrained
-    projector) is evaluated and exported to align/untrained/model; then the real run."""
+    """The baseline first: the align task's eval of its initial state (pre-trained encoder,
+    untrained projector), exported to align/untrained/model; then the real run."""
     if "align" not in config:
         raise StageError("config has no `align` section: the align task (train/align.py) is "
                            "not available in this checkout")
-    untrained = config.align.copy_and_resolve_references()
-    untrained.total_steps = 0
-    untrained.optimizer.warmup_steps = 0  # the schedule must fit in 0 steps
-    baseline = _train(untrained, p["align_untrained"])
+    baseline = evaluate_untrained(config.align, p["align_untrained"])
     summary = _train(config.align, os.path.dirname(p["align_model"]))
-    summary["untrained_eval"] = baseline["eval"]
+    summary["untrained_eval"] = baseline
     return summary
 
 

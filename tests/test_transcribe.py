@@ -81,7 +81,8 @@ def test_json_output_keeps_order_and_names_each_bad_file(setup, capsys):
         assert got.shape[0] == dumped["lengths"][i]
         want = _direct_log_probs(str(tmp / "model"), path)  # alone, unpadded, unbatched
         assert got.shape == want.shape
-        # Batched + bucket-padded vs alone: padding must not leak (float32 noise ~1e-6).
+        # Batched + bucket-padded vs alone: padding must not leak. Measured <= 2e-5 (float32
+        # reduction order in the per-utterance feature normalisation, carried through the model).
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
         print(f"{path}: max |dumped - direct| = {np.abs(got - want).max():.2e}")
         text = vocab.decode(ctc.greedy_decode(got[None], [len(got)], vocab.blank_id)[0])
