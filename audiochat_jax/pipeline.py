@@ -273,6 +273,15 @@ STAGE_FNS: dict[str, Callable[[Any, dict], dict]] = {
 # ---------------------------------------------------------------------------------------
 # The runner
 # ---------------------------------------------------------------------------------------
+def _use_compilation_cache(path: str) -> None:
+    # On 2 cores compiling is a large share of a stage (the align step alone takes minutes):
+    # XLA's persistent cache lets a rerun, and the align baseline's eval followed by the
+    # trained eval (the same program), compile once.
+    import jax
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def is_done(workdir: str, stage: str) -> bool:
     return os.path.exists(os.path.join(workdir, stage, MARKER))
 
@@ -301,6 +310,7 @@ def run(config, workdir: str, only: list[str] = (), force: list[str] = ()) -> di
     """Runs the missing stages (or ``only`` those) in order; returns {stage: marker dict}."""
     workdir = os.path.abspath(workdir)
     fill_paths(config, workdir)
+    _use_compilation_cache(os.path.join(workdir, "jax_cache"))
     p = paths(workdir)
     for stage in force:
         if os.path.exists(os.path.join(workdir, stage)):

@@ -19,10 +19,10 @@ Args (comma-separated):
 Sections: ``world`` (data.mini_world.MiniWorld args; ``system_prompt`` "" = none),
 ``tokenizer`` (vocab size + sentencepiece options), ``lm`` / ``ctc`` / ``align`` (complete
 trainer configs: ``python -m audiochat_jax.train`` reads exactly these), ``synth``
-(data.synth.SynthConfig fields + ``workers`` + ``test_renditions``), ``responses``
-(data.responses.ResponsesConfig fields), ``lm_check`` (held-out text QA gate),
-``eval`` (audiochat_jax.evaluate's fields). Path fields are filled in by the pipeline from
-``--workdir``. Sizes come from DESIGN.md's 2-core probes: Llama d=128/4 layers (~1M params),
+(data.synth.SynthConfig fields), ``responses`` (data.responses.ResponsesConfig fields),
+``lm_check`` (held-out text QA check after lm), ``pipeline`` (synthesis workers, the splits
+the LLM answers), ``eval`` (audiochat_jax/evaluate.py's fields, once it exists). Path
+fields are filled in by the pipeline from ``--workdir``. Sizes come from DESIGN.md's 2-core probes: Llama d=128/4 layers (~1M params),
 conformer d=144/4 blocks/64-channel subsampling (2.2M).
 """
 import ml_collections

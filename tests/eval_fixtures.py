@@ -35,15 +35,35 @@ ENCODER = dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, ffn_dim=64, conv_ke
                dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
 
 
-def make_world(root, corpus=(), llm_init_scale: float = 10.0, max_seq_len: int = 128) -> dict:
+def random_like(shapes, seed: int) -> dict:
+    """Random variables for ``jax.eval_shape(model.init, ...)`` without compiling the init (an
+    XLA compile of the conformer's init costs ~30 s on a busy CPU): kernels ~ N(0, 1/fan_in),
+    norm scales and running variances 1, biases and running means 0."""
+    rng = np.random.default_rng(seed)
+
+    def make(path, x):
+        name = jax.tree_util.keystr(path)
+        shape = x.value.shape if hasattr(x, "value") else x.shape
+        if name.endswith("['scale']") or name.endswith("['var']"):
+            return np.ones(shape, np.float32)
+        if len(shape) < 2:
+            return np.zeros(shape, np.float32)
+        fan_in = int(np.prod(shape[:-1]))
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, __import__("flax").linen.unbox(shapes))
+
+
+def make_world(root, corpus=(), llm_init_scale: float = 10.0, max_seq_len: int = 128,
+               vocab_size: int = 300) -> dict:
     """align_fixtures' models without its TFDS dataset (the eval renders its own audio)."""
     root = str(root)
     corpus = list(corpus) + [" ".join(WORDS)] * 3 + ["[INST] <<SYS>> [/INST] translate to french: "]
-    tok = Tokenizer(train_sentencepiece(corpus, os.path.join(root, "spm"), vocab_size=300))
-    # Weights ~10x HF's 0.02 so the random LLM's outputs depend on its input.
+    tok = Tokenizer(train_sentencepiece(corpus, os.path.join(root, "spm"), vocab_size=vocab_size))
+    # Kernels ~N(0, 1/fan_in) (~10x HF's 0.02) so the random LLM's outputs depend on its input.
     llm_cfg = LlamaConfig(vocab_size=tok.vocab_size, **{**LLM, "max_seq_len": max_seq_len})
-    params = jax.tree.map(lambda x: np.asarray(x) * llm_init_scale if x.ndim >= 2 else np.asarray(x),
-                          __import__("flax").linen.unbox(init_params(llm_cfg, jax.random.key(7))))
+    params = random_like(jax.eval_shape(lambda: init_params(llm_cfg, jax.random.key(7))), 7)
+    params["embedding"] *= llm_init_scale / 2  # N(0, 1/vocab) rows would be near-silent
     llm_dir = os.path.join(root, "llm")
     os.makedirs(llm_dir, exist_ok=True)
     with open(tok.model_path, "rb") as f, open(os.path.join(llm_dir, "tokenizer.model"), "wb") as g:
@@ -52,7 +72,9 @@ def make_world(root, corpus=(), llm_init_scale: float = 10.0, max_seq_len: int =
     vocab = CharVocab.english()
     enc_cfg = ConformerConfig(vocab_size=vocab.size, **ENCODER)
     enc_dir = os.path.join(root, "conformer")
-    conformer.save(enc_dir, enc_cfg, conformer.init_variables(enc_cfg, jax.random.key(3)),
+    model = conformer.ConformerCTC(enc_cfg)
+    shapes = jax.eval_shape(model.init, jax.random.key(3), jnp.zeros((1, 64, enc_cfg.n_mels)), jnp.array([64]))
+    conformer.save(enc_dir, enc_cfg, random_like(shapes, 3),
                    features=FeatureConfig(n_mels=32).to_dict(), vocab=vocab.to_dict())
     return {"root": root, "tok": tok, "llm": llm_dir, "encoder": enc_dir}
 
@@ -67,8 +89,8 @@ def make_speech_llm(world: dict, name: str = "aligned", scale: float = 1.0) -> s
                                       features=meta["features"], llm=llm_meta["config"], ctc_head=True,
                                       prefix_ids=tuple(spec_prefix), suffix_ids=tuple(spec_suffix))
     embedder = spec.embedder()
-    variables = jax.jit(embedder.init)(jax.random.key(11), jnp.zeros((1, 64, enc_cfg.n_mels)), jnp.array([64]))
-    variables = jax.tree.map(np.asarray, __import__("flax").linen.unbox(variables))
+    variables = random_like(jax.eval_shape(embedder.init, jax.random.key(11), jnp.zeros((1, 64, enc_cfg.n_mels)),
+                                           jnp.array([64])), 11)
     # Graft the conformer's trained (here: random but fixed) encoder + CTC head, as align does.
     variables["params"]["encoder"] = enc_vars["params"]["encoder"]
     if "ctc_head" in enc_vars["params"]:

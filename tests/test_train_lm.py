@@ -50,7 +50,7 @@ def test_targets_are_exactly_the_assistant_replies(corpus):
         # Inputs are the targets shifted by one; the mask covers exactly the real tokens.
         n = lengths[i]
         np.testing.assert_array_equal(batch["tokens"][i, 1:n - 1], batch["targets"][i, :n - 2])
-        assert batch["mask"][i].sum() == n - 0 if n <= 128 else 128
+        assert batch["mask"][i].sum() == min(n, 128)
 
 
 def test_loss_is_weighted_cross_entropy_on_targets(corpus):

@@ -239,9 +239,11 @@ def test_init_from_model_directory_in_both_layouts(tmp_path):
     want = float(np.mean((toy.MLP(config.toy.hidden, config.toy.out_dim).apply(
         {"params": params}, first["x"]) - first["y"]) ** 2))
     for name, source in (("b", tmp_path / "a" / "model"), ("c", tmp_path / "as_variables")):
-        run = small_config("--config.total_steps=1", f"--config.init_from={source}")
+        run = small_config("--config.total_steps=1", "--config.optimizer.warmup_steps=0",
+                           f"--config.init_from={source}")
         loop.train(run, str(tmp_path / name))
         got = metrics.read_scalars(str(tmp_path / name / "tensorboard"), "train/loss")[1]
         np.testing.assert_allclose(got, want, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
-        loop.train(small_config("--config.total_steps=1", f"--config.init_from={tmp_path}"), str(tmp_path / "d"))
+        loop.train(small_config("--config.total_steps=1", "--config.optimizer.warmup_steps=0",
+                                f"--config.init_from={tmp_path}"), str(tmp_path / "d"))

@@ -30,10 +30,11 @@ def main(argv) -> None:
 
     try:
         result = loop.train(_CONFIG.value, _WORKDIR.value)
-    except loop.NonFiniteError as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:  # config and input errors: the message names the field and the fix
-        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, loop.NonFiniteError) as e:
+        # Config and input errors name the field/file and the fix; a traceback would bury that.
+        if flags.FLAGS["verbosity"].present:
+            raise
+        sys.exit(f"error: {e}\n(pass --verbosity=0 to see the traceback)")
     print(f"finished: {result['status']} at step {result['step']}", flush=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import numpy as np
@@ -63,7 +63,7 @@ class Task:
 
     init: Callable[[jax.Array], Any]
     loss: Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, dict]]
-    train_data: Callable[[], Iterator[Batch]]
+    train_data: Callable[[], DataIterator]
     evaluate: Callable[[Any, Any], dict] | None = None
     export: Callable[[Any, str], None] | None = None
     frozen: Any = None
