@@ -85,6 +85,32 @@ class Dialog:
         self._add_tokens(self._append(encode_dialog(self.tok, self.messages, self.system).ids))
 
 
+# Module-level jits (config static) so every Streamer of one model shares the compiled code.
+@functools.partial(jax.jit, static_argnames="config")
+def _embed(params, ids, *, config):
+    return Llama(config).apply(params, ids, method=Llama.embed)
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnums=3)
+def _prefill(params, x, mask, cache, *, config):
+    """Right-padded prompt [1, W, dim] -> (logits after its last real slot [1, vocab], cache)."""
+    llama = Llama(config)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    hidden, cache = llama.apply(params, embeddings=x, positions=positions, mask=mask, cache=cache,
+                                decode=True, method=Llama.hidden_states)
+    last = jnp.sum(mask, axis=1) - 1
+    hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
+    return llama.apply(params, hidden, method=Llama.logits)[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnums=3)
+def _step(params, tok, pos, cache, *, config):
+    """One token [1] at position pos [1] -> (next logits [1, vocab], cache)."""
+    logits, cache = Llama(config).apply(params, tok[:, None], positions=pos[:, None],
+                                        mask=jnp.ones((1, 1), bool), cache=cache, decode=True)
+    return logits[:, 0], cache
+
+
 class Streamer:
     """Greedy or sampled decoding of one prompt row, yielding each new token id."""
 
@@ -92,28 +118,9 @@ class Streamer:
         self.model, self.bucket = model, bucket
         self.cfg = model.llm_config
         self.params = {"params": cast_for_inference(jax.tree_util.tree_map(jnp.asarray, model.llm_params), self.cfg)}
-        llama = Llama(self.cfg)
-
-        @jax.jit
-        def embed(params, ids):
-            return llama.apply(params, ids, method=Llama.embed)
-
-        @functools.partial(jax.jit, donate_argnums=3)
-        def prefill(params, x, mask, cache):
-            positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-            hidden, cache = llama.apply(params, embeddings=x, positions=positions, mask=mask, cache=cache,
-                                        decode=True, method=Llama.hidden_states)
-            last = jnp.sum(mask, axis=1) - 1
-            hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
-            return llama.apply(params, hidden, method=Llama.logits)[:, 0], cache
-
-        @functools.partial(jax.jit, donate_argnums=3)
-        def step(params, tok, pos, cache):
-            logits, cache = llama.apply(params, tok[:, None], positions=pos[:, None],
-                                        mask=jnp.ones((1, 1), bool), cache=cache, decode=True)
-            return logits[:, 0], cache
-
-        self._embed, self._prefill, self._step = embed, prefill, step
+        self._embed = functools.partial(_embed, config=self.cfg)
+        self._prefill = functools.partial(_prefill, config=self.cfg)
+        self._step = functools.partial(_step, config=self.cfg)
 
     def embeddings(self, parts) -> np.ndarray:
         """Prompt parts -> [L, dim] embeddings (token parts through the LLM's table)."""

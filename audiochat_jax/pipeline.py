@@ -80,11 +80,10 @@ def _fill_align(c, p, response_splits) -> None:
 
 
 def _fill_eval(c, p) -> None:
-    for key, value in (("llm_dir", p["lm_model"]), ("tokenizer", p["tokenizer"]),
-                       ("ctc_dir", p["ctc_model"]), ("aligned_dir", p["align_model"]),
-                       ("out_dir", p["evaluate"]), ("work_dir", p["evaluate"])):
-        if key in c:
-            c[key] = value
+    """audiochat_jax/eval/config.py's path fields."""
+    c.llm_dir, c.tokenizer, c.ctc_dir = p["lm_model"], p["tokenizer"], p["ctc_model"]
+    c.aligned_dir, c.out_dir = p["align_model"], p["evaluate"]
+    c.work_dir = os.path.join(p["evaluate"], "cache")
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +260,7 @@ def stage_evaluate(config, p) -> dict:
         raise StageError("config has no `eval` section: audiochat_jax/evaluate.py is not "
                            "available in this checkout")
     from audiochat_jax import evaluate
-    return evaluate.run(config.eval)
+    return json.loads(json.dumps(evaluate.run(config.eval), default=float))
 
 
 STAGE_FNS: dict[str, Callable[[Any, dict], dict]] = {

@@ -153,6 +153,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.synth.update(accents=["en-us", "en-gb"], variants=["m1", "f1"],
                        unseen_accents=[], unseen_variants=["m3"])
         c.responses.update(max_new_tokens=24, batch_size=8)
+    # The report (audiochat_jax/evaluate.py): same world and voice pools as the training data.
+    try:
+        from audiochat_jax.eval.config import default_eval_config
+    except ImportError:
+        default_eval_config = None
+    if default_eval_config is not None:
+        c.eval = default_eval_config(c.world.to_dict(), c.synth.to_dict(), smoke=smoke)
     stage = flags & set(STAGE_ARGS)
     if len(stage) > 1:
         raise ValueError(f"configs/mini.py: give at most one stage arg, got {sorted(stage)}")

@@ -71,7 +71,7 @@ def test_chat_streams_text_and_audio_turns_and_survives_bad_audio(setup, monkeyp
     # Turn 1 (text) is exactly the batch generator's greedy answer to the template tokens.
     first = [{"role": "user", "content": lines[0]}]
     assert expected[0].strip() == _greedy(model, encode_dialog(model.tokenizer, first).ids)
-    assert d.messages[2]["content"] == chat.PLACEHOLDER and len(d.messages) == 5
+    assert d.messages[2]["content"] == chat.PLACEHOLDER and len(d.messages) == 6
 
 
 def test_one_shot_audio_and_unreadable_audio(setup, capsys, tmp_path):

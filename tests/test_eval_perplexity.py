@@ -65,15 +65,15 @@ def test_text_path_nll_matches_plain_llama_on_the_dialog_tokens(model):
 def test_audio_path_nll_and_answers_match_an_explicit_concatenation(model):
     tok = model.tokenizer
     prefix, suffix = list(model.spec.prefix_ids), list(model.spec.suffix_ids)
-    waves = [tone(k, s).astype(np.float32) / 32768 for k, s in ((1, 0.3), (2, 0.55), (3, 0.42))]
+    waves = [tone(k, s).astype(np.float32) / 32768 for k, s in ((1, 0.3), (2, 0.55))]
     emb, lengths = model.embed_audio(waves)
-    assert emb.shape[0] == 3 and (lengths > 0).all()
-    audio = [emb[i, :lengths[i]] for i in range(3)]
-    resp = [tok.encode(r) + [tok.eos_id] for r in REPLIES]
+    assert emb.shape[0] == 2 and lengths[0] < lengths[1]
+    audio = [emb[i, :lengths[i]] for i in range(2)]
+    resp = [tok.encode(r) + [tok.eos_id] for r in REPLIES[:2]]
     p = Prompter(model, batch_size=2, max_new_tokens=6)
     nll, _ = p.score([[prefix, a, suffix] for a in audio], resp)
     answers = p.generate([[prefix, a, suffix] for a in audio])
-    for i in range(3):
+    for i in range(2):
         x = np.concatenate([_embed(model, prefix), audio[i], _embed(model, suffix)])[None]
         np.testing.assert_allclose(nll[i], _ref_nll(
             model, np.concatenate([x, _embed(model, resp[i])[None]], 1), x.shape[1], resp[i]), rtol=1e-4)

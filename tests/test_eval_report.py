@@ -73,7 +73,8 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
     out_dir = os.path.join(setup["root"], "out")
     c.update(aligned_dir=setup["aligned"], ctc_dir=setup["world"]["encoder"], out_dir=out_dir,
              work_dir=os.path.join(setup["root"], "cache"), workers=1, pocketsphinx=False, n_qa=4,
-             n_multiturn=2, n_translation=2, batch_size=4, max_new_tokens=8)
+             n_multiturn=2, n_translation=2, batch_size=4, max_new_tokens=8,
+             sweeps=())  # the sweeps have their own test below
     summary = evaluate.run(c)
     with open(summary["results"]) as f:
         results = json.load(f)
