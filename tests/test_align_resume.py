@@ -17,7 +17,8 @@ from audiochat_jax.train import loop, metrics
 
 TOTAL, EVERY = 12, 4
 OVERRIDES = [f"--config.total_steps={TOTAL}", f"--config.checkpoint.every_steps={EVERY}",
-             "--config.optimizer.warmup_steps=2", "--config.align.eval_splits=()"]
+             "--config.optimizer.warmup_steps=2", "--config.align.eval_splits=()",
+             "--config.mesh_shape=(4,1,2)"]  # 8 fake devices; batch 4 over data=4, tensor=2
 # The CLI with each input batch delayed 0.3 s, so a signal lands mid-run (the step itself
 # takes milliseconds here).
 SLOW_CLI = ("import sys, time\n"
