@@ -1,7 +1,10 @@
 """Mini conformer CTC encoder for 2 CPU cores (the embedded mini world's speech encoder).
 
-    python -m audiochat_jax.train --config configs/conformer_mini.py
-    (runs once the trainer's `ctc` task wraps these sections; model sections only for now)
+    python -m audiochat_jax.train --config configs/conformer_mini.py --workdir work/ctc \
+        --config.ctc.data_dir=work/speech/synthetic_speech/1.0.0
+
+trains it with CTC on any speech TFDS directory (a complete `ctc` trainer config:
+train/ctc.py's ``full_config``; configs/mini.py uses these same sections in the pipeline).
 
 `encoder` holds exactly the ConformerConfig fields (`ConformerConfig.from_dict(config.encoder.to_dict())`),
 `features` the FeatureConfig fields. d=144, 4 blocks, 4 heads, FFN 576, depthwise-striding
@@ -10,11 +13,10 @@ blank. Throwaway probes here (DESIGN.md) found a 144-channel stride-2 subsamplin
 dominated the step time (1.42 s/step vs 0.61 s/step with 64 channels), hence 64.
 `arg` is unused.
 """
-import ml_collections
-
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.models.conformer import ConformerConfig
 from audiochat_jax.text.char_vocab import CharVocab
+from audiochat_jax.train import ctc as ctc_task
 
 
 def get_config(arg=None):
@@ -24,7 +26,9 @@ def get_config(arg=None):
         subsampling="dw_striding", subsampling_factor=4, subsampling_channels=64,
         xscaling=True, conv_norm="batch_norm", vocab_size=CharVocab.english().size,
         dropout=0.1, attention_dropout=0.1, dtype="float32", param_dtype="float32", remat_policy="none")
-    config = ml_collections.ConfigDict()
-    config.encoder = ml_collections.ConfigDict(encoder.to_dict())
-    config.features = ml_collections.ConfigDict(FeatureConfig(n_mels=80).to_dict())
+    config = ctc_task.full_config(encoder.to_dict(), FeatureConfig(n_mels=80).to_dict())
+    config.total_steps = 3000
+    config.batch_size = 32
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.warmup_steps = 200
     return config

@@ -70,6 +70,6 @@ if [[ $INSTALL -eq 1 ]]; then
 fi
 
 # 3. The same command on every worker; process 0 prints the progress.
-CMD="cd ~/audiochat_jax && ~/venv/bin/python -m audiochat_jax.train --workdir $WORKDIR"
+CMD="cd ~/audiochat_jax && ~/venv/bin/python -m audiochat_jax.distributed --auto audiochat_jax.train --workdir $WORKDIR"
 for a in "${TRAIN_ARGS[@]}"; do CMD+=" $(printf '%q' "$a")"; done
 run "${SSH[@]}" --command "$CMD"
