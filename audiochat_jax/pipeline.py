@@ -168,7 +168,6 @@ def text_qa_accuracy(config, p) -> dict:
     """Greedy text answers of the trained LM to the QA questions (held-out: never asked in
     training; train: asked), via the responses job; -> accuracies per split."""
     from audiochat_jax.data import responses
-    from audiochat_jax.data.mini_world import MiniWorld  # noqa: F401  (world built below)
     world = _world(config)
     out = {}
     for split in ("heldout", "train"):

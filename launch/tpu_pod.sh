@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cloud TPU pod: create a TPU VM slice, install this repo on every worker, run the same
-# trainer command on every worker (JAX finds its peers through the TPU metadata, so
-# jax.distributed.initialize() needs no arguments there), with the work dir on GCS.
+# trainer command on every worker with the work dir on GCS. `python -m audiochat_jax.distributed
+# --auto` calls jax.distributed.initialize(), which finds its peers in the TPU metadata.
 #
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE --accelerator v5p-128 --workdir gs://BUCKET/align_70b \
 #       [--version v2-alpha-tpuv5] [--repo gs://BUCKET/audiochat_jax.tar.gz] [--spot] [--dry-run] \
@@ -66,7 +66,7 @@ if [[ $INSTALL -eq 1 ]]; then
   HERE="$(cd "$(dirname "$0")/.." && pwd)"
   run tar -C "$HERE" --exclude=.git --exclude=work -czf /tmp/audiochat_jax.tar.gz .
   run gcloud storage cp /tmp/audiochat_jax.tar.gz "$REPO"
-  run "${SSH[@]}" --command "mkdir -p ~/audiochat_jax && gcloud storage cp $REPO - | tar -C ~/audiochat_jax -xzf - && python3 -m venv ~/venv && ~/venv/bin/pip install -q -e '~/audiochat_jax[tpu]'"
+  run "${SSH[@]}" --command "mkdir -p ~/audiochat_jax && gcloud storage cp $REPO - | tar -C ~/audiochat_jax -xzf - && python3 -m venv ~/venv && ~/venv/bin/pip install -q -e \"\$HOME/audiochat_jax[tpu]\""
 fi
 
 # 3. The same command on every worker; process 0 prints the progress.
