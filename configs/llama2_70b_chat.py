@@ -5,7 +5,7 @@
 Before it: `python -m audiochat_jax.convert llama --scan_layers --src Llama-2-70b-chat-hf --out
 work/llama2_70b_chat`, a paper conformer (configs/conformer_paper.py:paper) and the responses
 of this LLM to every transcript (`python -m audiochat_jax.responses`). Plan it first (AOT, no
-accelerator needed): `python -m audiochat_jax.plan --config configs/llama2_70b_chat.py:SLICE`.
+accelerator needed): `python -m audiochat_jax.plan --config configs/llama2_70b_chat.py:v5p-128`.
 
 arg = the slice (mesh = data x fsdp x tensor; global batch = per-device batch x data x fsdp):
   v4-32      16 v4 devices on 4 host(s), mesh (1, 16, 1), batch 32

@@ -66,13 +66,13 @@ ENCODER = dict(n_mels=32, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, conv_ke
                dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
 
 
-def make_world(root, llm_init_scale: float = 10.0) -> dict:
+def make_world(root, llm_init_scale: float = 4.0) -> dict:
     """Writes everything under ``root``; returns the paths and the tokenizer."""
     root = str(root)
     corpus = [u[2] for u in UTTERANCES] + [u[3] for u in UTTERANCES] + [" ".join(WORDS)] * 3
     tok = Tokenizer(train_sentencepiece(corpus + ["[INST] <<SYS>> [/INST]"], os.path.join(root, "spm"),
                                         vocab_size=300))
-    # The frozen LLM: random, with weights ~10x HF's 0.02 so its outputs depend on the input
+    # The frozen LLM: random, with weights ~4x HF's 0.02 so its outputs depend on the input
     # (at 0.02 the logits are near-uniform whatever the prompt).
     llm_cfg = LlamaConfig(vocab_size=tok.vocab_size, **LLM)
     params = jax.tree.map(lambda x: x * llm_init_scale if x.ndim >= 2 else x,
@@ -120,5 +120,5 @@ def world_flags(world: dict) -> list[str]:
             f"--config.align.data_dir={world['data']}", f"--config.align.responses={world['responses']}",
             "--config.align.buckets=(9600,)", "--config.align.max_label_length=32",
             "--config.align.max_response_length=12", "--config.align.eval_splits=('test',)",
-            "--config.align.shuffle_buffer=16", "--config.align.ctc_weight=0.0", "--config.batch_size=4", "--config.mesh_shape=(-1,1,1)",
+            "--config.align.shuffle_buffer=16", "--config.align.ctc_weight=0.0", "--config.batch_size=4",
             "--config.log_every=1"]
