@@ -39,6 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "override fields with --config.key=value.", lock_config=True)
 _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Fake CPU devices to compile for (0 = the product of config.mesh_shape).")
+_JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON to this path.")
 _CHIP = flags.DEFINE_enum(
     "chip", None, sorted(CHIPS), "Chip whose peak FLOP/s and HBM the step is compared with "
     "(default: config.plan.chip).")
@@ -296,6 +297,10 @@ def main(argv) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(format_report(report), flush=True)
+    if _JSON.value:
+        import json
+        with open(_JSON.value, "w") as f:
+            json.dump({k: (bool(v) if k == "fits" else v) for k, v in report.items()}, f, indent=1)
 
 
 if __name__ == "__main__":

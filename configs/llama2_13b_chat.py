@@ -28,7 +28,8 @@ and remat policy are applied to the LLM loaded from align.llm_dir. `plan` is wha
 """
 from audiochat_jax import slices
 
-# slice -> (mesh (data, fsdp, tensor), per-device batch). 13B bf16 is 26 GB: FSDP over a host's chips (or more), data across the rest.
+# slice -> (mesh (data, fsdp, tensor), per-device batch).
+# 13B bf16 is 26 GB: FSDP over a host's chips (or more), data across the rest.
 MESHES = {
     "v4-32": ((1, 16, 1), 4),
     "v5p-128": ((4, 16, 1), 4),

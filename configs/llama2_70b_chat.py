@@ -28,7 +28,8 @@ and remat policy are applied to the LLM loaded from align.llm_dir. `plan` is wha
 """
 from audiochat_jax import slices
 
-# slice -> (mesh (data, fsdp, tensor), per-device batch). 70B bf16 is 138 GB: FSDP (x tensor on 16 GiB v5e) so params are <= 17 GB/device; full remat.
+# slice -> (mesh (data, fsdp, tensor), per-device batch).
+# 70B bf16 is 138 GB: FSDP (x tensor on 16 GiB v5e) so params are <= 17 GB/device; full remat.
 MESHES = {
     "v4-32": ((1, 16, 1), 2),
     "v5p-128": ((4, 16, 1), 2),

@@ -28,7 +28,8 @@ and remat policy are applied to the LLM loaded from align.llm_dir. `plan` is wha
 """
 from audiochat_jax import slices
 
-# slice -> (mesh (data, fsdp, tensor), per-device batch). 7B bf16 is 13.5 GB: FSDP over a host's chips keeps params small; data across hosts.
+# slice -> (mesh (data, fsdp, tensor), per-device batch).
+# 7B bf16 is 13.5 GB: FSDP over a host's chips keeps params small; data across hosts.
 MESHES = {
     "v4-32": ((1, 16, 1), 4),
     "v5p-128": ((4, 16, 1), 4),

@@ -66,13 +66,13 @@ ENCODER = dict(n_mels=32, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, conv_ke
                dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
 
 
-def make_world(root, llm_init_scale: float = 4.0) -> dict:
+def make_world(root, llm_init_scale: float = 10.0) -> dict:
     """Writes everything under ``root``; returns the paths and the tokenizer."""
     root = str(root)
     corpus = [u[2] for u in UTTERANCES] + [u[3] for u in UTTERANCES] + [" ".join(WORDS)] * 3
     tok = Tokenizer(train_sentencepiece(corpus + ["[INST] <<SYS>> [/INST]"], os.path.join(root, "spm"),
                                         vocab_size=300))
-    # The frozen LLM: random, with weights ~4x HF's 0.02 so its outputs depend on the input
+    # The frozen LLM: random, with weights ~10x HF's 0.02 so its outputs depend on the input
     # (at 0.02 the logits are near-uniform whatever the prompt).
     llm_cfg = LlamaConfig(vocab_size=tok.vocab_size, **LLM)
     params = jax.tree.map(lambda x: x * llm_init_scale if x.ndim >= 2 else x,

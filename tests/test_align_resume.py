@@ -63,12 +63,13 @@ class _Run:
 def test_sigkill_then_restart_reproduces_the_uninterrupted_loss_curve(tmp_path):
     world = make_world(tmp_path / "world")
     workdir = str(tmp_path / "run")
-    run = _Run(world, workdir)
-    # The uninterrupted reference, in this process, while the subprocess compiles.
+    # The uninterrupted reference, in this process, first: run alongside, its compile let the
+    # subprocess finish before the kill (observed on a loaded machine).
     reference = str(tmp_path / "reference")
     assert loop.train(align_config(world, *OVERRIDES), reference)["status"] == "done"
     want = metrics.read_scalars(os.path.join(reference, "tensorboard"), "train/loss")
     assert sorted(want) == list(range(1, TOTAL + 1))
+    run = _Run(world, workdir)
 
     run.wait_for_step(EVERY + 2)  # past the first periodic checkpoint
     run.proc.kill()
