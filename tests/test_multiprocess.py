@@ -86,18 +86,24 @@ def _batches(world, tmp_path, n=3):
 def _run(world, out, batches, n_procs, devices_each):
     world = {k: v for k, v in world.items() if isinstance(v, str)}
     port = _free_port()
-    procs = []
+    # Output to files, not pipes: a worker blocked on a full pipe would stall the other in a
+    # collective.
+    procs, logs = [], []
     for pid in range(n_procs):
         env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
         if n_procs > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(n_procs),
                        JAX_PROCESS_ID=str(pid))
+        logs.append((open(f"{out}.{pid}.out", "w+"), open(f"{out}.{pid}.err", "w+")))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(world), out, TESTS, *batches],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    logs = [p.communicate(timeout=900) for p in procs]
+                                      cwd=REPO, env=env, stdout=logs[-1][0], stderr=logs[-1][1], text=True))
+    texts = []
     for p, (o, e) in zip(procs, logs):
-        assert p.returncode == 0, e[-3000:]
-    return [o for o, _ in logs]
+        p.wait(timeout=900)
+        o.seek(0), e.seek(0)
+        texts.append(o.read())
+        assert p.returncode == 0, e.read()[-3000:]
+    return texts
 
 
 def test_two_processes_equal_one(tmp_path):
