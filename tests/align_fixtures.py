@@ -1,6 +1,10 @@
 """A tiny alignment world built on the spot (no downloads): tokenizer, frozen Llama, conformer
 CTC model, TFDS speech dataset of distinct tones, and responses keyed by utterance id.
 
+The responses are what the real pipeline stores (data/responses.py): the frozen LLM's own
+greedy answer to the chat prompt holding the transcript, so every target is reachable by
+construction (the text prompt already produces it) and an audio prompt can learn to.
+
     world = make_world(tmp_path)          # ~10 s
     config = align_config(world, "--config.total_steps=5", ...)   # parsed like the CLI
 """
@@ -22,6 +26,7 @@ from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.data.speech_datasets import speech_features
 from audiochat_jax.models import conformer
 from audiochat_jax.models.conformer import ConformerConfig
+from audiochat_jax.models.generate import generate
 from audiochat_jax.models.llama import LlamaConfig, init_params
 from audiochat_jax.text.char_vocab import CharVocab
 from audiochat_jax.text.tokenizer import Tokenizer, train_sentencepiece
@@ -29,15 +34,17 @@ from speech_fixtures import tone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "the cat sat on a mat what is seven plus twelve where does anna live red blue dog".split()
-# (id, split, transcript, response text, seconds)
+# (id, split, transcript, seconds)
 UTTERANCES = [
-    ("tr0", "train", "the cat sat on a mat", "red cat", 0.40),
-    ("tr1", "train", "what is seven plus twelve", "blue dog", 0.55),
-    ("tr2", "train", "where does anna live", "anna is red", 0.45),
-    ("tr3", "train", "the blue dog", "seven", 0.30),
-    ("te0", "test", "what is the red cat", "the mat", 0.50),
-    ("te1", "test", "anna sat on a dog", "twelve plus", 0.35),
+    ("tr0", "train", "the cat sat on a mat", 0.40),
+    ("tr1", "train", "what is seven plus twelve", 0.55),
+    ("tr2", "train", "where does anna live", 0.45),
+    ("tr3", "train", "the blue dog", 0.30),
+    ("te0", "test", "what is the red cat", 0.50),
+    ("te1", "test", "anna sat on a dog", 0.35),
 ]
+MAX_RESPONSE = 12  # = world_flags' max_response_length: a longer answer is truncated, as the
+                   # responses stage truncates at its max_new_tokens
 
 
 class AlignToySpeech(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -52,7 +59,7 @@ class AlignToySpeech(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {s: self._generate_examples(s) for s in sorted({u[1] for u in UTTERANCES})}
 
     def _generate_examples(self, split):
-        for k, (uid, s, text, _, seconds) in enumerate(UTTERANCES):
+        for k, (uid, s, text, seconds) in enumerate(UTTERANCES):
             if s == split:
                 yield uid, {"id": uid, "audio": tone(100 + k, seconds), "text": text, "speaker": "s0"}
 
@@ -69,7 +76,7 @@ ENCODER = dict(n_mels=32, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, conv_ke
 def make_world(root, llm_init_scale: float = 10.0) -> dict:
     """Writes everything under ``root``; returns the paths and the tokenizer."""
     root = str(root)
-    corpus = [u[2] for u in UTTERANCES] + [u[3] for u in UTTERANCES] + [" ".join(WORDS)] * 3
+    corpus = [u[2] for u in UTTERANCES] + [" ".join(WORDS)] * 3
     tok = Tokenizer(train_sentencepiece(corpus + ["[INST] <<SYS>> [/INST]"], os.path.join(root, "spm"),
                                         vocab_size=300))
     # The frozen LLM: random, with weights ~10x HF's 0.02 so its outputs depend on the input
@@ -90,14 +97,31 @@ def make_world(root, llm_init_scale: float = 10.0) -> dict:
                    vocab=vocab.to_dict())
     builder = AlignToySpeech(data_dir=os.path.join(root, "tfds"))
     builder.download_and_prepare()
+    targets = greedy_answers(llm_cfg, params, tok, [u[2] for u in UTTERANCES])
+    targets = dict(zip((u[0] for u in UTTERANCES), targets))
     responses = os.path.join(root, "responses.jsonl")
-    targets = {}
     with open(responses, "w") as f:
-        for uid, _, _, answer, _ in UTTERANCES:
-            targets[uid] = tok.encode(answer) + [tok.eos_id]
-            f.write(json.dumps({"id": uid, "response_ids": targets[uid]}) + "\n")
+        for uid, ids in targets.items():
+            f.write(json.dumps({"id": uid, "response_ids": ids}) + "\n")
     return {"root": root, "tok": tok, "llm": llm_dir, "encoder": enc_dir, "data": str(builder.data_dir),
             "responses": responses, "targets": targets, "llm_params": params}
+
+
+def greedy_answers(llm_cfg: LlamaConfig, params, tok: Tokenizer, texts) -> list[list[int]]:
+    """The LLM's greedy reply to each transcript, as data/responses.py makes it: the prompt of
+    ``responses.prompt_ids`` (no system prompt, instruction "{content}"), up to MAX_RESPONSE
+    new tokens, the EOS kept when produced. One right-padded batch (one compile)."""
+    from audiochat_jax.data.responses import ResponsesConfig, prompt_ids
+    rc = ResponsesConfig(llm_dir="-", tokenizer="-", dataset_dir="-", out_dir="-", max_new_tokens=MAX_RESPONSE)
+    prompts = [prompt_ids(tok, t, rc) for t in texts]
+    width = max(map(len, prompts))
+    ids = np.zeros((len(prompts), width), np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)], mask[i, :len(p)] = p, True
+    new, lengths = generate(llm_cfg, params, tokens=ids, mask=mask, max_new_tokens=MAX_RESPONSE,
+                            eos_id=tok.eos_id, pad_id=tok.pad_id)
+    return [np.asarray(new[i, :int(lengths[i])]).tolist() for i in range(len(prompts))]
 
 
 def _unbox(tree):
@@ -119,6 +143,6 @@ def world_flags(world: dict) -> list[str]:
     return [f"--config.align.llm_dir={world['llm']}", f"--config.align.encoder_dir={world['encoder']}",
             f"--config.align.data_dir={world['data']}", f"--config.align.responses={world['responses']}",
             "--config.align.buckets=(9600,)", "--config.align.max_label_length=32",
-            "--config.align.max_response_length=12", "--config.align.eval_splits=('test',)",
+            f"--config.align.max_response_length={MAX_RESPONSE}", "--config.align.eval_splits=('test',)",
             "--config.align.shuffle_buffer=16", "--config.align.ctc_weight=0.0", "--config.batch_size=4",
             "--config.log_every=1"]

@@ -250,3 +250,34 @@ def test_error_rates_count_word_and_character_edits():
     assert rates["cer"] == pytest.approx(1 / 16)        # one substituted character of 16
     with pytest.raises(ValueError, match="2 references vs 1"):
         error_rates(["a", "b"], ["a"])
+
+
+def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient_is_right():
+    """The dw_striding stem's depthwise conv: same outputs as nn.Conv(feature_group_count=c),
+    and on a (2,2,2) mesh the same kernel gradient as on one device (XLA's SPMD partitioner
+    got the grouped strided conv's kernel gradient wrong; see DepthwiseConv2D)."""
+    from audiochat_jax.models.conformer import ConvSubsampling, DepthwiseConv2D
+
+    dw = DepthwiseConv2D(8, 3, 2, (1, 1))
+    x = jnp.asarray(np.random.RandomState(1).randn(3, 17, 12, 8), jnp.float32)
+    params = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw.init(jax.random.key(1), x)))
+    ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8).apply(params, x)
+    np.testing.assert_allclose(dw.apply(params, x), ref, atol=1e-5)
+
+    cfg = ConformerConfig(n_mels=16, d_model=32, n_layers=1, n_heads=2, ffn_dim=64, subsampling="dw_striding",
+                          subsampling_factor=4, subsampling_channels=8, vocab_size=5)
+    stem = ConvSubsampling(cfg)
+    feats = jnp.asarray(np.random.RandomState(0).randn(8, 40, 16), jnp.float32)
+    lengths = jnp.array([40, 33, 20, 40, 11, 39, 25, 30])
+    p = nn.unbox(stem.init(jax.random.key(0), feats, lengths))["params"]
+
+    def loss(p, f, n):
+        return jnp.sum(jnp.sin(stem.apply({"params": p}, f, n)[0]))
+
+    g1 = jax.jit(jax.grad(loss))(p, feats, lengths)
+    mesh = sharding.make_mesh((2, 2, 2))
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        g8 = jax.jit(jax.grad(loss))(p, jax.device_put(feats, sharding.batch_sharding(mesh, 3)),
+                                     jax.device_put(lengths, sharding.batch_sharding(mesh, 1)))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(jax.device_get(g8))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4 * float(np.abs(a).max()))

@@ -170,6 +170,37 @@ def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
                         name=name, **_dtypes(cfg))
 
 
+class DepthwiseConv2D(nn.Module):
+    """Depthwise 2-D convolution written as a sum of k*k shifted, strided slices.
+
+    Same parameters as ``nn.Conv(c, (k, k), feature_group_count=c)`` (kernel [k, k, 1, c],
+    bias [c]) and the same outputs. Why not nn.Conv: XLA's SPMD partitioner computed a wrong
+    kernel gradient for the grouped, strided conv when the batch is sharded (a (2,2,2) mesh
+    gave a conv_2 kernel gradient as large as, and unrelated to, the single-device one);
+    slices and products partition correctly. [batch, T, F, c] -> [batch, T', F', c].
+    """
+    features: int
+    kernel_size: int
+    stride: int
+    padding: tuple[int, int]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", _kernel(("conv_k", None, "conv_in", "conv_out")),
+                            (k, k, 1, self.features), self.param_dtype)
+        bias = self.param("bias", _zeros(("norm",)), (self.features,), self.param_dtype)
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), self.padding, self.padding, (0, 0)))
+        t_out = (x.shape[1] - k) // s + 1
+        f_out = (x.shape[2] - k) // s + 1
+        kernel = kernel.astype(self.dtype)
+        y = sum(x[:, i:i + s * (t_out - 1) + 1:s, j:j + s * (f_out - 1) + 1:s, :] * kernel[i, j, 0]
+                for i in range(k) for j in range(k))
+        return y + bias.astype(self.dtype)
+
+
 class ConvSubsampling(nn.Module):
     """Time (and mel) subsampling by ``config.subsampling_factor`` with 2-D convolutions.
 
@@ -189,11 +220,14 @@ class ConvSubsampling(nn.Module):
         x = jnp.where(valid[..., None], features, 0)[..., None].astype(jnp.dtype(cfg.dtype))  # NHWC
 
         def conv(x, idx, kernel, stride, groups):
-            x = nn.Conv(c, (kernel, kernel), strides=(stride, stride), padding=(pad, pad) if kernel > 1 else "VALID",
-                        feature_group_count=groups, name=f"conv_{idx}",
-                        # A name may not repeat: the mel-tap axis stays unnamed (replicated like conv_k).
-                        kernel_init=_kernel(("conv_k", None, "conv_in", "conv_out")),
-                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+            if groups > 1:
+                x = DepthwiseConv2D(c, kernel, stride, pad, name=f"conv_{idx}", **_dtypes(cfg))(x)
+            else:
+                x = nn.Conv(c, (kernel, kernel), strides=(stride, stride),
+                            padding=(pad, pad) if kernel > 1 else "VALID", name=f"conv_{idx}",
+                            # A name may not repeat: the mel-tap axis stays unnamed (replicated like conv_k).
+                            kernel_init=_kernel(("conv_k", None, "conv_in", "conv_out")),
+                            bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
             # Zero padded time steps so conv biases do not leak into the next receptive field.
             valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
             return jnp.where(valid[:, :, None, None], x, 0)
