@@ -60,6 +60,13 @@ def load_model_dir(path: str, kind: str | None = None, abstract_params: Any = No
     meta = read_model_config(path, kind)
     params_path = os.path.join(os.path.abspath(path), PARAMS_DIR)
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(params_path, abstract_params) if abstract_params is not None \
-            else ckptr.restore(params_path)
+        if abstract_params is None:
+            # Restore as saved, onto this process's first device. Spelled out (rather than
+            # orbax's no-target restore) because in a multi-process run the saved sharding's
+            # topology no longer matches and orbax refuses ("Topology mismatch").
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            metadata = ckptr.metadata(params_path).item_metadata
+            abstract_params = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        params = ckptr.restore(params_path, abstract_params)
     return meta, params

@@ -73,7 +73,7 @@ ENCODER = dict(n_mels=32, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, conv_ke
                dropout=0.0, attention_dropout=0.0, dtype="float32", param_dtype="float32")
 
 
-def make_world(root, llm_init_scale: float = 10.0) -> dict:
+def make_world(root, llm_init_scale: float = 10.0, head_scale: float = 1.0) -> dict:
     """Writes everything under ``root``; returns the paths and the tokenizer."""
     root = str(root)
     corpus = [u[2] for u in UTTERANCES] + [" ".join(WORDS)] * 3
@@ -84,6 +84,11 @@ def make_world(root, llm_init_scale: float = 10.0) -> dict:
     llm_cfg = LlamaConfig(vocab_size=tok.vocab_size, **LLM)
     params = jax.tree.map(lambda x: x * llm_init_scale if x.ndim >= 2 else x,
                           jax.tree.map(np.asarray, _unbox(init_params(llm_cfg, jax.random.key(7)))))
+    # ``head_scale``: a trained chat LLM is confident in its own greedy answers; the random one
+    # is not (text-prompted CE on them ~3.1 nats, log(300) = 5.7), which floors any prompt's
+    # CE far above 0. A power of two scales the logits exactly, so the argmax (the greedy
+    # answers) is unchanged; only the confidence grows (16: text-prompted CE ~0.18).
+    params["lm_head"] = params["lm_head"] * np.float32(head_scale)
     llm_dir = os.path.join(root, "llm")
     os.makedirs(llm_dir, exist_ok=True)
     shutil.copyfile(tok.model_path, os.path.join(llm_dir, "tokenizer.model"))
