@@ -55,7 +55,7 @@ def load_model_dir(path: str, kind: str | None = None, abstract_params: Any = No
     """Returns ``(meta, params)``.
 
     ``abstract_params``: optional tree of ``jax.ShapeDtypeStruct`` (with ``sharding=``) to
-    restore directly onto a mesh; without it the arrays come back as saved, on one device.
+    restore directly onto a mesh; without it the arrays come back as host numpy arrays.
     """
     meta = read_model_config(path, kind)
     params_path = os.path.join(os.path.abspath(path), PARAMS_DIR)
@@ -68,5 +68,8 @@ def load_model_dir(path: str, kind: str | None = None, abstract_params: Any = No
             metadata = ckptr.metadata(params_path).item_metadata
             abstract_params = jax.tree.map(
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+            # Host numpy arrays, committed to no device: the caller places them (a jit over
+            # a mesh refuses arrays committed to one device).
+            return meta, jax.device_get(ckptr.restore(params_path, abstract_params))
         params = ckptr.restore(params_path, abstract_params)
     return meta, params
