@@ -18,10 +18,8 @@ also compiled with 2 *unrolled* LLM layers: one layer costs ``f2 - f_scan`` and 
 CPU compiles differ from TPU/GPU ones in fusion and layout, so the memory is a planning
 figure (good to ~10-20%), not a guarantee.
 
-The align loss here is ``train/align.py``'s training loss, built from the same pieces
-(speech_llm.embed_audio / build_prompt / response_logits, align.response_ce / distill_kl /
-chamfer_cosine, models.ctc.ctc_loss) with abstract inputs instead of model directories;
-tests/test_plan.py checks it equals the align task's loss on a tiny world.
+The align loss is ``train/align.py``'s own (``align.make_forward`` / ``make_loss``), built
+with abstract inputs instead of model directories.
 """
 from __future__ import annotations
 
@@ -48,67 +46,6 @@ _CHIP = flags.DEFINE_enum(
 # ---------------------------------------------------------------------------------------
 # The align task from abstract parts
 # ---------------------------------------------------------------------------------------
-def align_loss(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int):
-    """``loss(variables, llm_params, batch, rng) -> (loss, aux)``: align.py's training loss.
-
-    cfg is ``config.align``; prefix/suffix int32 [P]/[S] chat-template ids; the batch holds
-    audio [b, samples] f32, audio_lengths, response_ids [b, R], response_lengths, labels
-    [b, Lt], label_lengths, valid [b] (and ctc_labels/ctc_label_lengths with ctc_weight).
-    """
-    import jax
-    import jax.numpy as jnp
-    from audiochat_jax.models import speech_llm
-    from audiochat_jax.models.ctc import ctc_loss
-    from audiochat_jax.models.llama import DTYPES
-    from audiochat_jax.train import align
-
-    patterns = align.frozen_patterns(cfg.trainable, embedder.encoder.n_layers)
-    encoder_train = cfg.trainable == "all"
-
-    def loss(variables, llm, batch, rng):
-        variables = {**variables, "params": align.stop_frozen_gradients(variables["params"], patterns)}
-        mutable = [k for k in variables if k != "params"] if encoder_train else False
-        out = speech_llm.embed_audio(embedder, variables, feat_cfg, batch["audio"], batch["audio_lengths"],
-                                     train=encoder_train, mutable=mutable,
-                                     rngs={"dropout": jax.random.fold_in(rng, 1)} if encoder_train else None)
-        out, new_state = out if mutable else (out, {})
-        audio = out["embeddings"].astype(DTYPES[llm_cfg.dtype])
-        targets, R = batch["response_ids"], batch["response_ids"].shape[1]
-        valid = batch["valid"].astype(jnp.float32)
-        weights = (jnp.arange(R)[None, :] < batch["response_lengths"][:, None]) * valid[:, None]
-        prompt = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, audio, out["lengths"],
-                                         targets, batch["response_lengths"])
-        logits = speech_llm.response_logits(llm_cfg, llm, prompt, R)
-        ce, correct, tokens = align.response_ce(logits, targets, weights)
-        n = jnp.maximum(tokens, 1.0)
-        aux = {"ce": ce / n, "accuracy": correct / n, "tokens_sum": tokens}
-        total = cfg.ce_weight * aux["ce"]
-        if cfg.kl_weight > 0:
-            text = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, batch["labels"], batch["label_lengths"],
-                                           targets, batch["response_lengths"])
-            teacher = jax.lax.stop_gradient(speech_llm.response_logits(llm_cfg, llm, text, R))
-            aux["kl"] = align.distill_kl(logits, teacher, weights, cfg.kl_temperature) / n
-            total = total + cfg.kl_weight * aux["kl"]
-        if cfg.ctc_weight > 0:
-            has = (batch["ctc_label_lengths"] > 0) * valid
-            nll = ctc_loss(out["ctc_logits"], out["frame_lengths"], batch["ctc_labels"],
-                           batch["ctc_label_lengths"], blank_id)
-            aux["ctc"] = jnp.sum(jnp.where(has > 0, nll, 0.0)) / jnp.maximum(
-                jnp.sum(batch["ctc_label_lengths"] * has), 1.0)
-            total = total + cfg.ctc_weight * aux["ctc"]
-        if cfg.embed_weight > 0:
-            tok = speech_llm.embed_tokens(llm_cfg, llm, batch["labels"])
-            rows = jnp.maximum(jnp.sum(valid), 1.0)
-            aux["embed"] = jnp.sum(align.chamfer_cosine(out["embeddings"], out["lengths"], tok,
-                                                        batch["label_lengths"]) * valid) / rows
-            total = total + cfg.embed_weight * aux["embed"]
-        if new_state:
-            aux["model_state"] = new_state
-        return total, aux
-
-    return loss, patterns
-
-
 def abstract_batch(config, mesh) -> dict:
     """The largest-bucket global batch as sharded ``ShapeDtypeStruct``s."""
     import jax
@@ -140,7 +77,7 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
     from audiochat_jax.models.projector import ProjectorConfig
     from audiochat_jax.models.speech_llm import AudioEmbedder
     from audiochat_jax.parallel import sharding
-    from audiochat_jax.train import tasks
+    from audiochat_jax.train import align, tasks
 
     a = config.align
     llm_cfg = LlamaConfig.from_dict(config.llm.to_dict())
@@ -153,7 +90,10 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
     embedder = AudioEmbedder(enc_cfg, proj_cfg, ctc_head=a.ctc_weight > 0)
     prefix = np.ones((config.plan.prefix_tokens,), np.int32)
     suffix = np.ones((config.plan.suffix_tokens,), np.int32)
-    loss, patterns = align_loss(a, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id=enc_cfg.vocab_size - 1)
+    patterns = align.frozen_patterns(a.trainable, enc_cfg.n_layers)
+    forward = align.make_forward(a, llm_cfg, embedder, feat_cfg, prefix, suffix,
+                                 blank_id=enc_cfg.vocab_size - 1, patterns=patterns)
+    loss = align.make_loss(a, forward)
 
     boxed = jax.eval_shape(lambda: init_params(llm_cfg, jax.random.key(0)))
     llm_shardings = sharding.logical_to_sharding(boxed, mesh)

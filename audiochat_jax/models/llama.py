@@ -21,6 +21,8 @@ Masking: ``mask[b, t]`` is True for a real token. Token ``t`` attends to slot ``
 ``s <= t`` (slot order, i.e. causal) and slot ``s`` holds a real token. Rotary phases come
 from the explicit ``positions``, so left padding works by giving real tokens positions
 0, 1, ... (``positions = max(cumsum(mask) - 1, 0)``, as transformers' ``generate`` does).
+Packed rows (several sequences per row, training only) add ``segment_ids``: attention stays
+inside each segment, and positions restart at 0 in each.
 
 Dot products take their inputs in the compute dtype and accumulate in float32
 (``preferred_element_type``): on CPU this is twice as fast as float32 (see ENV-NOTES) and on
@@ -312,11 +314,13 @@ class Llama(nn.Module):
         return nn.with_logical_constraint(out, ("batch", "length", "act_vocab"))
 
     def hidden_states(self, tokens=None, *, embeddings=None, positions, mask, cache=None,
-                      decode=False):
+                      decode=False, segment_ids=None):
         """Final-normed hidden states [batch, length, dim] (and the updated cache if ``decode``).
 
         Exactly one of ``tokens`` [batch, length] int32 / ``embeddings`` [batch, length, dim].
         ``positions`` [batch, length] int32, ``mask`` [batch, length] bool (True = real).
+        ``segment_ids`` [batch, length] int32 (packed sequences, no cache): a token attends
+        only to earlier tokens of its own segment; restart ``positions`` at each segment.
         """
         cfg = self.config
         if (tokens is None) == (embeddings is None):
@@ -344,7 +348,13 @@ class Llama(nn.Module):
             k_slots = jnp.arange(key_mask.shape[1])
             layer_caches = (cache["k"], cache["v"])
         causal = k_slots[None, :] <= q_slots[:, None]                       # [length, slots]
-        attn_mask = (causal[None] & key_mask[:, None, :])[:, None]          # [batch, 1, length, slots]
+        attn_mask = causal[None] & key_mask[:, None, :]                     # [batch, length, slots]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("Llama: segment_ids (packed sequences) are for training/scoring, "
+                                 "not for decoding with a cache")
+            attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+        attn_mask = attn_mask[:, None]                                      # [batch, 1, length, slots]
 
         if cfg.scan_layers:
             x, layer_caches = self.layers(x, layer_caches, rope, attn_mask, index)
@@ -362,10 +372,11 @@ class Llama(nn.Module):
         return x, {"k": layer_caches[0], "v": layer_caches[1], "mask": key_mask,
                    "index": index + length}
 
-    def __call__(self, tokens=None, *, embeddings=None, positions, mask, cache=None, decode=False):
+    def __call__(self, tokens=None, *, embeddings=None, positions, mask, cache=None, decode=False,
+                 segment_ids=None):
         """logits [batch, length, vocab] float32, or ``(logits, new_cache)`` when ``decode``."""
         out = self.hidden_states(tokens, embeddings=embeddings, positions=positions, mask=mask,
-                                 cache=cache, decode=decode)
+                                 cache=cache, decode=decode, segment_ids=segment_ids)
         if decode:
             return self.logits(out[0]), out[1]
         return self.logits(out)

@@ -227,6 +227,89 @@ def _check_prompt_matches_responses(spec: str, prefix, suffix) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# The step's forward pass and loss (shared with plan.py's abstract step)
+# ---------------------------------------------------------------------------------------
+def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int, patterns):
+    """``forward(variables, llm, batch, rng, train) -> (sums, new_model_state)``.
+
+    cfg is ``config.align``; prefix/suffix int32 [P]/[S] chat-template ids; ``patterns`` the
+    frozen-parameter regexes (:func:`frozen_patterns`). The batch holds audio [b, samples]
+    f32, audio_lengths [b], response_ids [b, R], response_lengths, labels [b, Lt] (transcript
+    tokens), label_lengths, valid [b] (and ctc_labels/ctc_label_lengths with ctc_weight).
+    ``sums`` are per-batch sums: ce, correct, tokens (+ kl, ctc/ctc_labels, embed/rows when
+    training with those losses; text_ce/text_correct, the text-prompted teacher, in eval).
+    """
+    encoder_train = cfg.trainable == "all"
+
+    def forward(variables, llm, batch, rng, train):
+        """-> (dict of per-batch sums, new model_state)."""
+        params = stop_frozen_gradients(variables["params"], patterns)
+        variables = {**variables, "params": params}
+        enc_train = train and encoder_train
+        mutable = [k for k in variables if k != "params"] if enc_train else False
+        out = speech_llm.embed_audio(embedder, variables, feat_cfg, batch["audio"], batch["audio_lengths"],
+                                     train=enc_train, mutable=mutable,
+                                     rngs={"dropout": jax.random.fold_in(rng, 1)} if enc_train else None)
+        out, new_state = out if mutable else (out, {})
+        audio = out["embeddings"].astype(DTYPES[llm_cfg.dtype])
+        R = batch["response_ids"].shape[1]
+        valid = batch["valid"].astype(jnp.float32)
+        weights = (jnp.arange(R)[None, :] < batch["response_lengths"][:, None]) * valid[:, None]
+        targets = batch["response_ids"]
+        prompt = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, audio, out["lengths"],
+                                         targets, batch["response_lengths"])
+        logits = speech_llm.response_logits(llm_cfg, llm, prompt, R)
+        ce, correct, tokens = response_ce(logits, targets, weights)
+        sums = {"ce": ce, "correct": correct, "tokens": tokens}
+        if cfg.kl_weight > 0 or not train:
+            text = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, batch["labels"], batch["label_lengths"],
+                                           targets, batch["response_lengths"])
+            teacher = jax.lax.stop_gradient(speech_llm.response_logits(llm_cfg, llm, text, R))
+            if cfg.kl_weight > 0:
+                sums["kl"] = distill_kl(logits, teacher, weights, cfg.kl_temperature)
+            if not train:
+                sums["text_ce"], sums["text_correct"], _ = response_ce(teacher, targets, weights)
+        if cfg.ctc_weight > 0 and train:
+            has = (batch["ctc_label_lengths"] > 0) * valid
+            nll = ctc_loss(out["ctc_logits"], out["frame_lengths"], batch["ctc_labels"],
+                           batch["ctc_label_lengths"], blank_id)
+            sums["ctc"] = jnp.sum(jnp.where(has > 0, nll, 0.0))
+            sums["ctc_labels"] = jnp.sum(batch["ctc_label_lengths"] * has)
+        if cfg.embed_weight > 0 and train:
+            tok = speech_llm.embed_tokens(llm_cfg, llm, batch["labels"])
+            sums["embed"] = jnp.sum(chamfer_cosine(out["embeddings"], out["lengths"], tok,
+                                                   batch["label_lengths"]) * valid)
+            sums["rows"] = jnp.sum(valid)
+        return sums, new_state
+
+    return forward
+
+
+def make_loss(cfg, forward):
+    """The training loss ``(variables, frozen_llm, batch, rng) -> (loss, aux)`` (tasks.Task.loss)."""
+
+    def loss(variables, frozen, batch, rng):
+        sums, new_state = forward(variables, frozen, batch, rng, train=True)
+        n = jnp.maximum(sums["tokens"], 1.0)
+        aux = {"ce": sums["ce"] / n, "accuracy": sums["correct"] / n, "tokens_sum": sums["tokens"]}
+        total = cfg.ce_weight * aux["ce"]
+        if "kl" in sums:
+            aux["kl"] = sums["kl"] / n
+            total = total + cfg.kl_weight * aux["kl"]
+        if "ctc" in sums:
+            aux["ctc"] = sums["ctc"] / jnp.maximum(sums["ctc_labels"], 1.0)
+            total = total + cfg.ctc_weight * aux["ctc"]
+        if "embed" in sums:
+            aux["embed"] = sums["embed"] / jnp.maximum(sums["rows"], 1.0)
+            total = total + cfg.embed_weight * aux["embed"]
+        if new_state:
+            aux["model_state"] = new_state
+        return total, aux
+
+    return loss
+
+
+# ---------------------------------------------------------------------------------------
 # The task
 # ---------------------------------------------------------------------------------------
 def _tokenizer_path(cfg) -> str:
@@ -300,7 +383,6 @@ def align_task(config, mesh) -> tasks.Task:
         # No CTC loss: the head keeps its pre-trained weights (the cascade's recogniser) and
         # gets no Adam moments.
         patterns += (r"^\['ctc_head'\]",)
-    encoder_train = cfg.trainable == "all"
     if cfg.ctc_weight > 0 and vocab.kind != "chars":
         raise ValueError(f"config.align.ctc_weight>0 needs a character CTC vocabulary; {cfg.encoder_dir} "
                          f"has kind {vocab.kind!r}")
@@ -318,64 +400,8 @@ def align_task(config, mesh) -> tasks.Task:
                               jnp.array([frames], jnp.int32))
         return _graft(dict(boxed), enc_vars, cfg.encoder_dir)
 
-    def forward(variables, llm, batch, rng, train):
-        """-> (dict of per-batch sums, new model_state)."""
-        params = stop_frozen_gradients(variables["params"], patterns)
-        variables = {**variables, "params": params}
-        enc_train = train and encoder_train
-        mutable = [k for k in variables if k != "params"] if enc_train else False
-        out = speech_llm.embed_audio(embedder, variables, feat_cfg, batch["audio"], batch["audio_lengths"],
-                                     train=enc_train, mutable=mutable,
-                                     rngs={"dropout": jax.random.fold_in(rng, 1)} if enc_train else None)
-        out, new_state = out if mutable else (out, {})
-        audio = out["embeddings"].astype(DTYPES[llm_cfg.dtype])
-        R = batch["response_ids"].shape[1]
-        valid = batch["valid"].astype(jnp.float32)
-        weights = (jnp.arange(R)[None, :] < batch["response_lengths"][:, None]) * valid[:, None]
-        targets = batch["response_ids"]
-        prompt = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, audio, out["lengths"],
-                                         targets, batch["response_lengths"])
-        logits = speech_llm.response_logits(llm_cfg, llm, prompt, R)
-        ce, correct, tokens = response_ce(logits, targets, weights)
-        sums = {"ce": ce, "correct": correct, "tokens": tokens}
-        if cfg.kl_weight > 0 or not train:
-            text = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, batch["labels"], batch["label_lengths"],
-                                           targets, batch["response_lengths"])
-            teacher = jax.lax.stop_gradient(speech_llm.response_logits(llm_cfg, llm, text, R))
-            if cfg.kl_weight > 0:
-                sums["kl"] = distill_kl(logits, teacher, weights, cfg.kl_temperature)
-            if not train:
-                sums["text_ce"], sums["text_correct"], _ = response_ce(teacher, targets, weights)
-        if cfg.ctc_weight > 0 and train:
-            has = (batch["ctc_label_lengths"] > 0) * valid
-            nll = ctc_loss(out["ctc_logits"], out["frame_lengths"], batch["ctc_labels"],
-                           batch["ctc_label_lengths"], vocab.blank_id)
-            sums["ctc"] = jnp.sum(jnp.where(has > 0, nll, 0.0))
-            sums["ctc_labels"] = jnp.sum(batch["ctc_label_lengths"] * has)
-        if cfg.embed_weight > 0 and train:
-            tok = speech_llm.embed_tokens(llm_cfg, llm, batch["labels"])
-            sums["embed"] = jnp.sum(chamfer_cosine(out["embeddings"], out["lengths"], tok,
-                                                   batch["label_lengths"]) * valid)
-            sums["rows"] = jnp.sum(valid)
-        return sums, new_state
-
-    def loss(variables, frozen, batch, rng):
-        sums, new_state = forward(variables, frozen, batch, rng, train=True)
-        n = jnp.maximum(sums["tokens"], 1.0)
-        aux = {"ce": sums["ce"] / n, "accuracy": sums["correct"] / n, "tokens_sum": sums["tokens"]}
-        total = cfg.ce_weight * aux["ce"]
-        if "kl" in sums:
-            aux["kl"] = sums["kl"] / n
-            total = total + cfg.kl_weight * aux["kl"]
-        if "ctc" in sums:
-            aux["ctc"] = sums["ctc"] / jnp.maximum(sums["ctc_labels"], 1.0)
-            total = total + cfg.ctc_weight * aux["ctc"]
-        if "embed" in sums:
-            aux["embed"] = sums["embed"] / jnp.maximum(sums["rows"], 1.0)
-            total = total + cfg.embed_weight * aux["embed"]
-        if new_state:
-            aux["model_state"] = new_state
-        return total, aux
+    forward = make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, vocab.blank_id, patterns)
+    loss = make_loss(cfg, forward)
 
     response_table = _load_response_tables(cfg.responses)
 

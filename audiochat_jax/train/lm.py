@@ -10,11 +10,13 @@ cores); the same code trains any LlamaConfig. Input: a JSONL file of dialogs, on
 sentencepiece ``tokenizer.model``. Each dialog is tokenised with the Llama-2 chat template
 (text/chat_template.py); the targets are the tokens of every assistant turn — the reply and
 its ``</s>`` (``DialogTokens.assistant_spans``) — so the model learns to answer, not to
-predict the user's words. Sequences are padded to ``config.lm.seq_len``; longer ones are
-truncated, counted and reported at start-up.
+predict the user's words. Sequences are padded to ``config.lm.seq_len``, or with
+``config.lm.pack`` packed several to a row of that length (``segment_ids`` keep them apart);
+longer ones are truncated, counted and reported at start-up.
 
 Batches (``[batch, seq_len]``): tokens int32, positions int32, mask bool (real tokens),
-targets int32 (the next token), weights float32 (1 on assistant targets).
+targets int32 (the next token), weights float32 (1 on assistant targets), and with packing
+segment_ids int32 (1, 2, ... per dialog in the row; 0 = padding).
 The exported model directory (kind "llama") holds the params, the LlamaConfig and a copy of
 the tokenizer (``tokenizer.model``), so ``python -m audiochat_jax.generate`` can chat with it.
 """
@@ -48,6 +50,7 @@ def task_config() -> ml_collections.ConfigDict:
         eval_dialogs="",                # JSONL of held-out dialogs ("" = no eval)
         tokenizer=placeholder(str),     # sentencepiece .model
         seq_len=64,
+        pack=False,                     # several dialogs per row of seq_len (segment-masked)
         eval_batches=4,                 # eval batches of config.batch_size (0 = all)
         model=ml_collections.ConfigDict(dict(
             vocab_size=0, dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=384,
@@ -111,17 +114,40 @@ def tokenize_dialogs(tokenizer: Tokenizer, dialogs: list[dict], seq_len: int, wh
     return ids, is_target, lengths, truncated
 
 
+def pack_rows(order: np.ndarray, lengths: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """Next-fit packing: dialogs in ``order`` fill rows of ``seq_len`` (token, target) pairs;
+    a dialog of ``lengths[i]`` ids gives ``lengths[i] - 1`` pairs. -> dialog indices per row."""
+    rows, row, used = [], [], 0
+    for i in order:
+        need = int(lengths[i]) - 1
+        if row and used + need > seq_len:
+            rows.append(np.asarray(row))
+            row, used = [], 0
+        row.append(i)
+        used += need
+    if row:
+        rows.append(np.asarray(row))
+    return rows
+
+
 class DialogBatches:
-    """Index-based iterator over shuffled dialogs: batch ``b`` takes global positions
+    """Index-based iterator over shuffled dialogs: batch ``b`` takes global rows
     ``b*B ... b*B+B-1`` of the endless stream of per-epoch permutations seeded by
     ``(seed, epoch)``, so the state is one integer and resume is exact. Each host yields its
-    own ``B / process_count`` rows."""
+    own ``B / process_count`` rows.
 
-    def __init__(self, ids, is_target, lengths, batch_size: int, seed: int, shuffle: bool = True):
+    ``pack=False``: one dialog per row. ``pack=True``: each epoch's permutation is packed
+    (``pack_rows``) into rows of ``seq_len`` tokens holding several dialogs, told apart by
+    ``segment_ids`` (1, 2, ...; 0 = padding) with positions restarting per dialog — the mini
+    world's dialogs average ~30 of 96 tokens, so packing does ~3x less padding work."""
+
+    def __init__(self, ids, is_target, lengths, batch_size: int, seed: int, shuffle: bool = True,
+                 pack: bool = False):
         self.ids, self.is_target, self.lengths = ids, is_target, lengths
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.batch_size, self.seed, self.shuffle, self.pack = batch_size, seed, shuffle, pack
         self.index = 0
-        self._cached = (None, None)
+        self._epochs: dict[int, list[np.ndarray]] = {}   # epoch -> rows (dialog indices each)
+        self._counts: dict[int, int] = {}                # epoch -> number of rows (kept)
         hosts = jax.process_count()
         if batch_size % hosts:
             raise ValueError(f"config.batch_size={batch_size} is not divisible by {hosts} hosts")
@@ -131,27 +157,52 @@ class DialogBatches:
     def __iter__(self):
         return self
 
-    def _order(self, epoch):
-        if self._cached[0] != epoch:
+    def _epoch_rows(self, epoch: int) -> list[np.ndarray]:
+        if epoch not in self._epochs:
             n = len(self.ids)
-            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n)
-                            if self.shuffle else np.arange(n))
-        return self._cached[1]
+            order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                     else np.arange(n))
+            seq_len = self.ids.shape[1] - 1
+            rows = pack_rows(order, self.lengths, seq_len) if self.pack else list(order[:, None])
+            self._epochs = {k: v for k, v in self._epochs.items() if k >= epoch - 1}  # bounded
+            self._epochs[epoch] = rows
+            self._counts[epoch] = len(rows)
+        return self._epochs[epoch]
+
+    def _row(self, position: int) -> np.ndarray:
+        """Dialog indices of global row ``position`` of the stream (epochs one after another)."""
+        epoch = 0
+        while True:
+            size = self._counts[epoch] if epoch in self._counts else len(self._epoch_rows(epoch))
+            if position < size:
+                return self._epoch_rows(epoch)[position]
+            position -= size
+            epoch += 1
 
     def __next__(self) -> dict[str, np.ndarray]:
-        n = len(self.ids)
-        pos = self.index * self.batch_size + np.arange(self.batch_size)[self.rows]
+        start = self.index * self.batch_size
         self.index += 1
-        rows = np.array([self._order(p // n)[p % n] for p in pos])
-        ids, tgt, lengths = self.ids[rows], self.is_target[rows], self.lengths[rows]
-        seq_len = ids.shape[1] - 1
-        return {
-            "tokens": ids[:, :-1],
-            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (len(rows), seq_len)).copy(),
-            "mask": np.arange(seq_len)[None, :] < lengths[:, None],
-            "targets": ids[:, 1:],
-            "weights": tgt[:, 1:].astype(np.float32),
-        }
+        seq_len = self.ids.shape[1] - 1
+        b = self.rows.stop - self.rows.start
+        out = {"tokens": np.zeros((b, seq_len), np.int32), "targets": np.zeros((b, seq_len), np.int32),
+               "positions": np.zeros((b, seq_len), np.int32), "mask": np.zeros((b, seq_len), bool),
+               "weights": np.zeros((b, seq_len), np.float32)}
+        if self.pack:
+            out["segment_ids"] = np.zeros((b, seq_len), np.int32)
+        for r, p in enumerate(range(start + self.rows.start, start + self.rows.stop)):
+            at = 0
+            for k, i in enumerate(self._row(p)):
+                n = int(self.lengths[i]) - 1
+                sl = slice(at, at + n)
+                out["tokens"][r, sl] = self.ids[i, :n]
+                out["targets"][r, sl] = self.ids[i, 1:n + 1]
+                out["weights"][r, sl] = self.is_target[i, 1:n + 1]
+                out["positions"][r, sl] = np.arange(n)
+                out["mask"][r, sl] = True
+                if self.pack:
+                    out["segment_ids"][r, sl] = k + 1
+                at += n
+        return out
 
     def get_state(self) -> dict:
         return {"index": self.index}
@@ -163,7 +214,7 @@ class DialogBatches:
 def lm_loss(model: Llama, variables, batch):
     """Mean cross-entropy over assistant targets; aux: accuracy, tokens_sum."""
     logits = model.apply(variables, batch["tokens"], positions=batch["positions"],
-                         mask=batch["mask"])
+                         mask=batch["mask"], segment_ids=batch.get("segment_ids"))
     weights = batch["weights"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     total = jnp.sum(weights)
@@ -237,4 +288,5 @@ def lm_task(config, mesh) -> tasks.Task:
 
     return tasks.Task(
         init=init, loss=loss, evaluate=evaluate, export=export,
-        train_data=lambda: DialogBatches(ids, is_target, lengths, config.batch_size, config.seed))
+        train_data=lambda: DialogBatches(ids, is_target, lengths, config.batch_size, config.seed,
+                                         pack=cfg.pack))
