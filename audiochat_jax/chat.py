@@ -12,6 +12,11 @@ step per token, each token printed as soon as it is chosen). ``/reset`` starts a
 long...) prints an error naming the file and the fix; the session goes on without that turn.
 ``--audio FILE`` answers one audio file and exits (status 1 if it cannot be read).
 
+Long recordings: audio longer than ``--chunk_seconds`` (default 30) is encoded in overlapping
+windows (models/long_audio.py), so memory depends on the window, not the length; ``--extra_stride``
+mean-pools its embeddings so that minutes of audio fit the LLM's context. Audio whose embeddings
+cannot fit even a new dialog is refused with the stride that would fit.
+
 The dialog is the Llama-2 chat template with each audio turn's content replaced by its audio
 embeddings, exactly as alignment trained (eval/prompting.content_parts gives the cut).
 """
@@ -27,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax.audio.io import AudioError, load_audio
+from audiochat_jax.audio.io import DEFAULT_MAX_SECONDS, AudioError, load_audio
 from audiochat_jax.eval.prompting import content_parts
 from audiochat_jax.eval.speech_model import SpeechModel
+from audiochat_jax.models import long_audio
 from audiochat_jax.models.generate import cast_for_inference, sample_token
 from audiochat_jax.models.llama import DTYPES, Llama, init_cache
 from audiochat_jax.text.chat_template import encode_dialog
@@ -183,7 +189,24 @@ def reply(model: SpeechModel, streamer: Streamer, dialog: Dialog, args, out=None
     return printed.strip()
 
 
-def user_turn(model: SpeechModel, dialog: Dialog, line: str) -> None:
+def audio_turn(model: SpeechModel, dialog: Dialog, wave: np.ndarray, instruction: str = "{content}", *,
+               name: str = "audio", reserve: int = 0) -> None:
+    """Embeds ``wave`` (windowed if long) and adds it as a user turn. Raises ValueError naming
+    the fix (``--extra_stride``, shorter audio) when its embeddings plus the turn's template
+    tokens and ``reserve`` reply slots cannot fit the LLM's context even in a new dialog."""
+    sr = model.features.sample_rate
+    count = model.audio_embedding_count(len(wave))
+    template = encode_dialog(dialog.tok, [{"role": "user", "content": instruction.format(content="")}],
+                             dialog.system).ids
+    long_audio.check_context(count, model.llm_config.max_seq_len, len(template) + reserve,
+                             extra_stride=model.extra_stride if model.is_long(len(wave)) else 1,
+                             seconds=len(wave) / sr, where=name)
+    emb, n = model.embed_audio([wave])
+    dialog.add_user(audio=emb[0, :n[0]], instruction=instruction)
+
+
+def user_turn(model: SpeechModel, dialog: Dialog, line: str, *, max_seconds: float = DEFAULT_MAX_SECONDS,
+              reserve: int = 0) -> None:
     """Adds one typed line as a user turn; raises AudioError for an unreadable audio file."""
     kind, path, rest = parse_turn(line)
     if kind == "text":
@@ -192,9 +215,8 @@ def user_turn(model: SpeechModel, dialog: Dialog, line: str) -> None:
     if not model.has_audio:
         raise ValueError(f"{path}: this model has no audio encoder (a text-only LLM directory); "
                          "pass --ckpt a speech_llm directory")
-    wave = load_audio(path, model.features.sample_rate)
-    emb, n = model.embed_audio([wave])
-    dialog.add_user(audio=emb[0, :n[0]], instruction=rest)
+    wave = load_audio(path, model.features.sample_rate, max_seconds=max_seconds)
+    audio_turn(model, dialog, wave, rest, name=path, reserve=reserve)
 
 
 def main(argv=None) -> int:
@@ -212,9 +234,19 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk_seconds", type=float, default=30.0,
+                        help="audio longer than this is encoded in overlapping windows of this length")
+    parser.add_argument("--overlap_seconds", type=float, default=4.0, help="overlap of those windows")
+    parser.add_argument("--extra_stride", type=int, default=1,
+                        help="mean-pool a long recording's embeddings by this factor (fits more audio in the context)")
+    parser.add_argument("--max_audio_seconds", type=float, default=3600.0, help="refuse longer audio files")
     args = parser.parse_args(argv)
+    if args.extra_stride < 1 or args.chunk_seconds <= args.overlap_seconds:
+        parser.error("need --extra_stride >= 1 and --chunk_seconds > --overlap_seconds")
     try:
-        model = SpeechModel.load(args.ckpt, args.llm_dir, args.tokenizer, batch_rows=1)
+        model = SpeechModel.load(args.ckpt, args.llm_dir, args.tokenizer, batch_rows=1,
+                                 chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                                 extra_stride=args.extra_stride)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -223,12 +255,11 @@ def main(argv=None) -> int:
     dialog = Dialog(model.tokenizer, system)
     if args.audio:
         try:
-            wave = load_audio(args.audio, model.features.sample_rate)
-        except AudioError as e:
+            wave = load_audio(args.audio, model.features.sample_rate, max_seconds=args.max_audio_seconds)
+            audio_turn(model, dialog, wave, args.instruction, name=args.audio, reserve=args.max_new_tokens)
+        except (AudioError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        emb, n = model.embed_audio([wave])
-        dialog.add_user(audio=emb[0, :n[0]], instruction=args.instruction)
         reply(model, streamer, dialog, args)
         return 0
     interactive = sys.stdin.isatty()
@@ -248,7 +279,7 @@ def main(argv=None) -> int:
             continue
         state = dialog.snapshot()
         try:
-            user_turn(model, dialog, line)
+            user_turn(model, dialog, line, max_seconds=args.max_audio_seconds, reserve=args.max_new_tokens)
             print("assistant> ", end="", flush=True)
             reply(model, streamer, dialog, args)
         except (AudioError, ValueError) as e:  # bad audio, or the dialog outgrew the context

@@ -8,7 +8,9 @@ tokenizer path; ``llm_dir`` / ``tokenizer`` override them (e.g. after moving the
 ``SpeechModel.text_only`` wraps a bare ``llama`` directory (no audio: text and cascade paths).
 
 Audio batches are padded to ``batch_rows`` rows and a multiple of ``bucket_samples`` samples so
-the jitted features + encoder + projector compile once per bucket, not per batch.
+the jitted features + encoder + projector compile once per bucket, not per batch. A recording
+longer than ``chunk_seconds`` is encoded alone in overlapping windows (models/long_audio.py:
+memory set by the window, not the length) and its embeddings mean-pooled by ``extra_stride``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from audiochat_jax import model_dir
 from audiochat_jax.audio.features import FeatureConfig
-from audiochat_jax.models import speech_llm
+from audiochat_jax.models import long_audio, speech_llm
 from audiochat_jax.models.llama import LlamaConfig
 from audiochat_jax.text.tokenizer import Tokenizer
 
@@ -38,6 +40,9 @@ class SpeechModel:
     meta: dict = dataclasses.field(default_factory=dict)
     batch_rows: int = 8
     bucket_samples: int = 16000
+    chunk_seconds: float = 30.0          # longer audio: windowed encoding (models/long_audio.py)
+    overlap_seconds: float = 4.0         # window overlap (half of it is context at each inner edge)
+    extra_stride: int = 1                # mean-pool the windowed path's embeddings by this factor
 
     @classmethod
     def load(cls, aligned_dir: str, llm_dir: str = "", tokenizer: str = "", **kw) -> "SpeechModel":
@@ -97,6 +102,8 @@ class SpeechModel:
         if not self.has_audio:
             raise ValueError("this model has no audio embedder (a text-only llama directory)")
         sr = self.features.sample_rate
+        if any(self.is_long(len(w)) for w in waves):
+            return self._embed_mixed(waves)
         embs, lens = [], []
         for start in range(0, len(waves), self.batch_rows):
             chunk = waves[start:start + self.batch_rows]
@@ -111,3 +118,28 @@ class SpeechModel:
         width = max(e.shape[1] for e in embs)
         out = np.concatenate([np.pad(e, ((0, 0), (0, width - e.shape[1]), (0, 0))) for e in embs])
         return out, np.concatenate(lens)
+
+    def is_long(self, n_samples: int) -> bool:
+        return n_samples > self.chunk_seconds * self.features.sample_rate
+
+    def audio_embedding_count(self, n_samples: int) -> int:
+        """Embeddings ``embed_audio`` gives a recording of ``n_samples`` (pooled if long)."""
+        stride = self.extra_stride if self.is_long(n_samples) else 1
+        return long_audio.embedding_count(n_samples, self.spec.embedder(), self.features, stride)
+
+    def _embed_mixed(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Short waves batched as usual, long ones one by one through ``encode_long``."""
+        rows: dict[int, np.ndarray] = {}
+        short = [i for i, w in enumerate(waves) if not self.is_long(len(w))]
+        if short:
+            e, n = self.embed_audio([waves[i] for i in short])
+            rows.update({i: e[k, :n[k]] for k, i in enumerate(short)})
+        dtype = jnp.dtype(self.llm_config.dtype)
+        for i, w in enumerate(waves):
+            if i not in rows:
+                rows[i] = long_audio.encode_long(
+                    self.spec.embedder(), self.variables, self.features, w, chunk_seconds=self.chunk_seconds,
+                    overlap_seconds=self.overlap_seconds, extra_stride=self.extra_stride).astype(dtype)
+        width = max(r.shape[0] for r in rows.values())
+        out = np.stack([np.pad(rows[i], ((0, width - rows[i].shape[0]), (0, 0))) for i in range(len(waves))])
+        return out, np.array([rows[i].shape[0] for i in range(len(waves))], np.int32)

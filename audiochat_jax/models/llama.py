@@ -388,3 +388,30 @@ def init_params(config: LlamaConfig, rng, batch: int = 1, length: int = 8) -> An
     return Llama(config).init(rng, tokens, positions=jnp.zeros((batch, length), jnp.int32),
                               mask=jnp.ones((batch, length), bool))["params"]
 
+
+
+def layer_flops(config: LlamaConfig, length: int) -> float:
+    """Forward matmul FLOPs of one decoder layer over one sequence of ``length`` tokens.
+
+    Projections: 2 x (q, k, v, o and the three SwiGLU weights) per token; attention: scores
+    and the weighted sum, 2 x 2 x length x heads x head_dim per token (the full square, as
+    ``dot_product_attention`` computes it under a causal mask). Elementwise work (norms,
+    rotary, softmax) is left out: ~1% at d=256 and less beyond. A backward pass costs one
+    such forward for activation gradients and one more for weight gradients.
+    """
+    hd = config.head_dim
+    weights = config.dim * hd * (2 * config.n_heads + 2 * config.n_kv_heads) + 3 * config.dim * config.ffn_dim
+    return float(length) * (2.0 * weights + 4.0 * length * config.n_heads * hd)
+
+
+def scanned_flops_uncounted(config: LlamaConfig, length: int, rows: int, passes: float) -> float:
+    """FLOPs that XLA's cost analysis misses when the layers are scanned: it counts a while
+    loop's body once, so ``n_layers - 1`` layers go uncounted (0 when unrolled).
+
+    ``passes`` = forward-equivalents per layer in the step: 1 forward-only, 2 forward +
+    activation gradients (a frozen LLM), 3 forward + backward with weight gradients; add 1
+    when ``remat_policy="full"`` recomputes the forward.
+    """
+    if not config.scan_layers:
+        return 0.0
+    return (config.n_layers - 1) * rows * passes * layer_flops(config, length)

@@ -2,8 +2,9 @@
 the answer it gave to the transcript.
 
 Per utterance (data/input.py joins the precomputed response by id): audio -> log-mel ->
-conformer -> projector -> ``[chat prefix | audio embeddings | chat suffix | response]``
-(models/speech_llm.py) -> the frozen Llama; losses on the response positions only:
+conformer (or audio -> wav2vec2, models/speech_llm.py ``ENCODERS``) -> projector ->
+``[chat prefix | audio embeddings | chat suffix | response]`` (models/speech_llm.py) -> the
+frozen Llama; losses on the response positions only:
 
 * ``ce_weight``  cross-entropy on the response tokens (the paper's objective);
 * ``kl_weight``  KL(teacher || student) at ``kl_temperature`` (x T^2, Hinton), the teacher
@@ -17,22 +18,25 @@ conformer -> projector -> ``[chat prefix | audio embeddings | chat suffix | resp
 
 What is trained (``trainable``): ``"all"`` (encoder + CTC head + projector; encoder in train
 mode: dropout, batch-norm statistics), ``"projector"``, or ``"top:N"`` (projector + the top
-N conformer blocks). Frozen encoder parts get ``stop_gradient`` in the loss (no backward
-through them) and ``Task.frozen_patterns`` (no optimizer update, no Adam moments, no
-decay); the encoder then runs in eval mode. The LLM is never in the trained tree: it is
-``Task.frozen``, a sharded input of the step (train/state.py).
+N encoder blocks, ``layers_{i}`` of the conformer or wav2vec2). Frozen encoder parts get
+``stop_gradient`` in the loss (no backward through them) and ``Task.frozen_patterns`` (no
+optimizer update, no Adam moments, no decay); the encoder then runs in eval mode. The LLM
+is never in the trained tree: it is ``Task.frozen``, a sharded input of the step
+(train/state.py).
 
 Config (``config.align``, see ``task_config``): llm_dir (kind "llama" model directory),
-encoder_dir (kind "conformer_ctc"), tokenizer ("" = the LLM directory's), data_dir (TFDS
-speech dataset), responses (comma-separated responses dirs / .jsonl files, joined by id),
-train_split, eval_splits, eval_batches, system + instruction (must be the responses run's:
-checked against its provenance.json when present), buckets, max_label_length (transcript
-tokens), max_response_length, ctc_max_label_length, shuffle_buffer, projector (stack, kind,
-hidden_dim, norm, dtype, param_dtype), trainable, ce_weight, kl_weight, kl_temperature,
+encoder_dir (kind "conformer_ctc" or "wav2vec2": speech_llm.load_encoder_dir), tokenizer
+("" = the LLM directory's), data_dir (TFDS speech dataset), responses (comma-separated
+responses dirs / .jsonl files, joined by id), train_split, eval_splits, eval_batches,
+system + instruction (must be the responses run's: checked against its provenance.json when
+present), buckets, max_label_length (transcript tokens), max_response_length,
+ctc_max_label_length, shuffle_buffer, projector (stack, kind, hidden_dim, norm, dtype,
+param_dtype), trainable, ce_weight, kl_weight, kl_temperature,
 ctc_weight, embed_weight, llm_dtype / llm_remat_policy / encoder_dtype ("" = as saved).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
-tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step (``flops_per_step=0``).
+tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step plus, for a scanned LLM,
+the layers XLA counts once (``uncounted_flops``: ``llama.scanned_flops_uncounted``).
 Eval per split: ``{split}/audio_loss|audio_ppl|audio_accuracy`` and the text-prompted
 ``{split}/text_loss|text_ppl|text_accuracy``; the first eval split is compared with the
 train split (same number of batches): ``gap/audio_loss`` (held-out - train) and
@@ -55,9 +59,9 @@ import optax
 from audiochat_jax import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.data.input import InputConfig, SpeechInput, load_responses
-from audiochat_jax.models import conformer, speech_llm
+from audiochat_jax.models import speech_llm
 from audiochat_jax.models.ctc import ctc_loss
-from audiochat_jax.models.llama import DTYPES, LlamaConfig
+from audiochat_jax.models.llama import DTYPES, LlamaConfig, scanned_flops_uncounted
 from audiochat_jax.models.projector import ProjectorConfig
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.char_vocab import CharVocab
@@ -369,16 +373,16 @@ def align_task(config, mesh) -> tasks.Task:
     prefix, suffix = np.asarray(prefix, np.int32), np.asarray(suffix, np.int32)
 
     # --- The trainable embedder: pre-trained conformer (+ CTC head) + new projector ----
-    enc_cfg, enc_vars, enc_meta = conformer.load(cfg.encoder_dir)
+    enc_cfg, enc_vars, enc_meta = speech_llm.load_encoder_dir(cfg.encoder_dir)
     if cfg.encoder_dtype:
-        enc_cfg = conformer.ConformerConfig.from_dict({**enc_cfg.to_dict(), "dtype": cfg.encoder_dtype})
+        enc_cfg = type(enc_cfg).from_dict({**enc_cfg.to_dict(), "dtype": cfg.encoder_dtype})
     feat_cfg = FeatureConfig.from_dict(enc_meta["features"])
     vocab = CharVocab.from_dict(enc_meta["vocab"])
-    proj_cfg = ProjectorConfig.from_dict(dict(cfg.projector.to_dict(), in_dim=enc_cfg.d_model,
+    proj_cfg = ProjectorConfig.from_dict(dict(cfg.projector.to_dict(), in_dim=speech_llm.encoder_width(enc_cfg),
                                               out_dim=llm_cfg.dim))
     use_ctc = cfg.ctc_weight > 0 or "ctc_head" in enc_vars["params"]
     embedder = speech_llm.AudioEmbedder(enc_cfg, proj_cfg, ctc_head=use_ctc)
-    patterns = frozen_patterns(cfg.trainable, enc_cfg.n_layers)
+    patterns = frozen_patterns(cfg.trainable, speech_llm.encoder_layers(enc_cfg))
     if use_ctc and cfg.ctc_weight == 0 and r"^\['ctc_head'\]" not in patterns:
         # No CTC loss: the head keeps its pre-trained weights (the cascade's recogniser) and
         # gets no Adam moments.
@@ -395,9 +399,7 @@ def align_task(config, mesh) -> tasks.Task:
                 f"trainable={cfg.trainable!r}; LLM {llm_cfg.dim}x{llm_cfg.n_layers} frozen")
 
     def init(rng):
-        frames = 64
-        boxed = embedder.init(rng, jnp.zeros((1, frames, enc_cfg.n_mels), jnp.float32),
-                              jnp.array([frames], jnp.int32))
+        boxed = embedder.init(rng, *speech_llm.example_inputs(enc_cfg))
         return _graft(dict(boxed), enc_vars, cfg.encoder_dir)
 
     forward = make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, vocab.blank_id, patterns)
@@ -457,12 +459,30 @@ def align_task(config, mesh) -> tasks.Task:
         spec = speech_llm.SpeechLLMConfig(
             encoder=enc_cfg.to_dict(), projector=proj_cfg.to_dict(), features=feat_cfg.to_dict(),
             llm=llm_cfg.to_dict(), ctc_head=use_ctc, prefix_ids=tuple(prefix.tolist()),
-            suffix_ids=tuple(suffix.tolist()))
+            suffix_ids=tuple(suffix.tolist()), encoder_kind=speech_llm.encoder_kind(enc_cfg))
         model_dir.save_model_dir(out_dir, speech_llm.KIND, spec.to_dict(), dict(variables),
                                  llm_dir=os.path.abspath(cfg.llm_dir),
                                  tokenizer=os.path.abspath(_tokenizer_path(cfg)),
                                  vocab=vocab.to_dict(), system=cfg.system, instruction=cfg.instruction)
 
+    def uncounted_flops(batch):  # MFU: XLA counts a scanned LLM's layer stack once
+        if not llm_cfg.scan_layers:
+            return 0.0
+        variables = jax.eval_shape(init, jax.random.key(0))
+        variables = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, variables,
+                                 is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        audio = jax.eval_shape(lambda v, a, n: speech_llm.embed_audio(embedder, v, feat_cfg, a, n),
+                               variables, batch["audio"], batch["audio_lengths"])["embeddings"]
+        rows, n_response = batch["response_ids"].shape
+        remat = llm_cfg.remat_policy == "full"
+        # The audio-prompted pass: forward + activation gradients (+ the remat recompute).
+        missed = scanned_flops_uncounted(llm_cfg, len(prefix) + audio.shape[1] + len(suffix) + n_response,
+                                         rows, 2 + remat)
+        if cfg.kl_weight > 0:  # the text-prompted teacher: forward only
+            missed += scanned_flops_uncounted(
+                llm_cfg, len(prefix) + batch["labels"].shape[1] + len(suffix) + n_response, rows, 1)
+        return missed
+
     return tasks.Task(init=init, loss=loss, train_data=train_data,
                       evaluate=evaluate if cfg.eval_splits else None, export=export,
-                      frozen=llm_params, frozen_patterns=patterns)
+                      frozen=llm_params, frozen_patterns=patterns, uncounted_flops=uncounted_flops)

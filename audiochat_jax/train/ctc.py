@@ -1,4 +1,5 @@
-"""``ctc``: conformer CTC pre-training on a TFDS speech dataset, with CER/WER evals.
+"""``ctc``: speech-encoder CTC pre-training (conformer or wav2vec2) on a TFDS speech dataset,
+with CER/WER evals.
 
 Input: data/input.py's ``SpeechInput`` over a prepared TFDS directory (``config.ctc.data_dir``,
 e.g. the mini world's espeak corpus or LibriSpeech): raw 16 kHz audio in a few padded
@@ -8,12 +9,26 @@ measured that features belong there): optional noise augmentation at a random SN
 (audio/features.py), SpecAugment, the conformer (train mode: dropout, batch-norm statistics
 updated as ``model_state``), CTC loss normalised per label token.
 
+``config.encoder.kind`` picks the encoder (models/speech_llm.py ``ENCODERS``):
+  * "conformer" (the default when absent): the rest of ``config.encoder`` holds the
+    ConformerConfig fields; the pipeline above.
+  * "wav2vec2": the rest holds the Wav2Vec2Config fields (models/wav2vec2.py). The model
+    takes the (noise-augmented) 16 kHz waveform itself: no log-mel, and
+    ``config.ctc.spec_augment`` (masks on log-mel features) does not apply — it must have 0
+    masks (an error says so otherwise). The model's own SpecAugment-style time masking of
+    the projected features (``encoder.mask_time_prob`` / ``mask_time_length``, drawn from
+    the dropout rng in training) takes its place. ``config.features`` then only gives the
+    sample rate recorded in the export.
+
 Eval, per split in ``config.ctc.eval_splits``: one pass, loss per label token, greedy CTC
 decoding and corpus CER/WER with jiwer — ``{split}/cer`` etc. in the logs and TensorBoard.
 Export: a ``conformer_ctc`` model directory (models/conformer.save: variables, encoder config,
-feature config, vocabulary), what ``python -m audiochat_jax.transcribe --ckpt`` reads.
+feature config, vocabulary), what ``python -m audiochat_jax.transcribe --ckpt`` reads; for
+"wav2vec2" a ``wav2vec2`` directory (models/wav2vec2.save, ``Wav2Vec2CTC`` names, with the same
+``features`` and ``vocab`` entries). The align task loads either (speech_llm.load_encoder_dir).
 
-Config: ``config.encoder`` (ConformerConfig fields; ``vocab_size=0`` = the vocabulary's size),
+Config: ``config.encoder`` (``kind`` + the encoder config's fields; the CTC class count,
+``vocab_size`` / ``ctc_vocab_size``, 0 = the vocabulary's size),
 ``config.features`` (FeatureConfig fields) and ``config.ctc`` (``task_config()``);
 ``full_config(encoder, features)`` assembles a complete trainer config from model sections.
 """
@@ -30,8 +45,7 @@ from jax.sharding import PartitionSpec as P
 from audiochat_jax.audio.augment import SpecAugmentConfig, add_noise, sample_snr_db, spec_augment
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.data.input import InputConfig, SpeechInput
-from audiochat_jax.models import conformer
-from audiochat_jax.models.conformer import ConformerCTC, ConformerConfig
+from audiochat_jax.models import conformer, speech_llm, wav2vec2
 from audiochat_jax.models.ctc import collapse, ctc_loss, greedy_ids
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.char_vocab import CharVocab
@@ -57,8 +71,9 @@ def task_config() -> ml_collections.ConfigDict:
 
 
 def full_config(encoder: dict, features: dict) -> ml_collections.ConfigDict:
-    """A complete ``ctc`` trainer config around model sections (e.g. configs/conformer_mini.py's);
-    ``ctc.data_dir``, ``total_steps`` and ``batch_size`` remain to be set."""
+    """A complete ``ctc`` trainer config around model sections (e.g. configs/conformer_mini.py's;
+    ``encoder`` may carry ``kind``, see the module docstring); ``ctc.data_dir``, ``total_steps``
+    and ``batch_size`` remain to be set."""
     from audiochat_jax.train import loop
 
     c = loop.base_config()
@@ -98,17 +113,26 @@ def ctc_task(config, mesh) -> tasks.Task:
     cfg = config.ctc
     vocab, tokenize = load_vocab(cfg.vocab)
     encoder_fields = config.encoder.to_dict()
-    if encoder_fields.get("vocab_size", 0) == 0:
-        encoder_fields["vocab_size"] = vocab.size
-    if encoder_fields["vocab_size"] != vocab.size:
-        raise ValueError(f"config.encoder.vocab_size={encoder_fields['vocab_size']} but the vocabulary "
+    kind = encoder_fields.pop("kind", "conformer")
+    if kind not in speech_llm.ENCODERS:
+        raise ValueError(f"config.encoder.kind={kind!r} is not one of {sorted(speech_llm.ENCODERS)}")
+    size_field = speech_llm.ENCODERS[kind].vocab_field
+    if encoder_fields.get(size_field, 0) == 0:
+        encoder_fields[size_field] = vocab.size
+    if encoder_fields[size_field] != vocab.size:
+        raise ValueError(f"config.encoder.{size_field}={encoder_fields[size_field]} but the vocabulary "
                          f"{cfg.vocab!r} has {vocab.size} classes (blank included); set 0 to use its size")
-    enc_cfg = ConformerConfig.from_dict(encoder_fields)
+    enc_cfg = speech_llm.encoder_config(kind, encoder_fields)
     feat_cfg = FeatureConfig.from_dict(config.features.to_dict())
-    if feat_cfg.n_mels != enc_cfg.n_mels:
-        raise ValueError(f"config.features.n_mels={feat_cfg.n_mels} != config.encoder.n_mels={enc_cfg.n_mels}")
     augment = SpecAugmentConfig.from_dict(cfg.spec_augment.to_dict())
-    model = ConformerCTC(enc_cfg)
+    features_in = speech_llm.input_kind(enc_cfg) == "features"
+    if features_in and feat_cfg.n_mels != enc_cfg.n_mels:
+        raise ValueError(f"config.features.n_mels={feat_cfg.n_mels} != config.encoder.n_mels={enc_cfg.n_mels}")
+    if not features_in and (augment.freq_masks or augment.time_masks):
+        raise ValueError(f"config.ctc.spec_augment masks log-mel features, which config.encoder.kind={kind!r} "
+                         "does not use: set config.ctc.spec_augment.freq_masks=0 and time_masks=0 (the "
+                         "encoder's own time masking is config.encoder.mask_time_prob)")
+    model = speech_llm.ctc_model(enc_cfg)
     blank = vocab.blank_id
     n_hosts = jax.process_count()
     if config.batch_size % n_hosts:
@@ -121,9 +145,7 @@ def ctc_task(config, mesh) -> tasks.Task:
             shuffle=train, shuffle_buffer=cfg.shuffle_buffer, seed=config.seed, repeat=train)
 
     def init(rng):
-        frames = 64
-        return model.init(rng, jnp.zeros((1, frames, enc_cfg.n_mels), jnp.float32),
-                          jnp.array([frames], jnp.int32))
+        return model.init(rng, *speech_llm.example_inputs(enc_cfg))
 
     def forward(variables, batch, rng, train):
         """-> (per-utterance CTC nll [batch], logits, out_lengths, new model_state)."""
@@ -132,11 +154,15 @@ def ctc_task(config, mesh) -> tasks.Task:
             k_snr, k_noise = jax.random.split(jax.random.fold_in(rng, 1))
             snr = sample_snr_db(k_snr, audio.shape[0], *cfg.noise_snr_db, prob=cfg.noise_prob)
             audio = add_noise(k_noise, audio, lengths, snr, colour=cfg.noise_colour)
-        feats, frame_lengths = log_mel(audio, lengths, feat_cfg,
-                                       rng=jax.random.fold_in(rng, 2) if train else None)
-        if train:
-            feats = spec_augment(jax.random.fold_in(rng, 3), feats, frame_lengths, augment)
-        mutable = [k for k in variables if k != "params"] if train else False
+        if features_in:
+            feats, frame_lengths = log_mel(audio, lengths, feat_cfg,
+                                           rng=jax.random.fold_in(rng, 2) if train else None)
+            if train:
+                feats = spec_augment(jax.random.fold_in(rng, 3), feats, frame_lengths, augment)
+        else:  # waveform encoder: its time masking draws from the dropout rng
+            feats, frame_lengths = audio, lengths
+        # Only collections the model updates in training (conformer batch norm); none = False.
+        mutable = ([k for k in variables if k != "params"] if train else []) or False
         out = model.apply(variables, feats, frame_lengths, train=train, mutable=mutable,
                           rngs={"dropout": jax.random.fold_in(rng, 4)} if train else None)
         (logits, out_lengths), new_state = out if mutable else (out, {})
@@ -197,7 +223,8 @@ def ctc_task(config, mesh) -> tasks.Task:
         return out
 
     def export(variables, out_dir):
-        conformer.save(out_dir, enc_cfg, variables, features=feat_cfg.to_dict(), vocab=vocab.to_dict())
+        save = conformer.save if kind == "conformer" else wav2vec2.save
+        save(out_dir, enc_cfg, variables, features=feat_cfg.to_dict(), vocab=vocab.to_dict())
 
     return tasks.Task(
         init=init, loss=loss, evaluate=evaluate if cfg.eval_splits else None, export=export,

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from audiochat_jax import model_dir
-from audiochat_jax.models.llama import Llama, LlamaConfig, init_params
+from audiochat_jax.models.llama import Llama, LlamaConfig, init_params, scanned_flops_uncounted
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.chat_template import encode_dialog
 from audiochat_jax.text.tokenizer import Tokenizer
@@ -286,7 +286,12 @@ def lm_task(config, mesh) -> tasks.Task:
         model_dir.save_model_dir(out_dir, "llama", llama_cfg.to_dict(), variables["params"],
                                  tokenizer="tokenizer.model")
 
+    def uncounted_flops(batch):  # MFU: XLA counts a scanned layer stack once
+        rows, length = batch["tokens"].shape
+        passes = 3 + (llama_cfg.remat_policy == "full")
+        return scanned_flops_uncounted(llama_cfg, length, rows, passes)
+
     return tasks.Task(
-        init=init, loss=loss, evaluate=evaluate, export=export,
+        init=init, loss=loss, evaluate=evaluate, export=export, uncounted_flops=uncounted_flops,
         train_data=lambda: DialogBatches(ids, is_target, lengths, config.batch_size, config.seed,
                                          pack=cfg.pack))

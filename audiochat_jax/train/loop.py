@@ -336,7 +336,8 @@ def train(config, workdir: str) -> dict:
             seconds = time.perf_counter() - t0
             flops = _log_compiled(compiled[key], seconds, log)
             writer.exclude(seconds)
-            writer.flops_per_step = task.flops_per_step or flops * jax.device_count()
+            missed = task.uncounted_flops(batch) if task.uncounted_flops else 0.0
+            writer.flops_per_step = task.flops_per_step or flops * jax.device_count() + missed
         return compiled[key]
 
     def fetch():

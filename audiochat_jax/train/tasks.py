@@ -56,6 +56,9 @@ class Task:
     frozen:     a tree of sharded arrays passed to every step and eval, never updated or
                 differentiated (the LLM during alignment); ``None`` when there are none.
     flops_per_step: analytic FLOPs of one step over all devices (0: use XLA's cost analysis).
+    uncounted_flops: ``batch -> float``, FLOPs of one step over all devices that XLA's cost
+                analysis misses for a batch of these shapes (it counts a scanned layer stack's
+                body once: ``llama.scanned_flops_uncounted``); added to XLA's count for MFU.
     frozen_patterns: regexes over parameter paths, added to ``config.optimizer.frozen_patterns``
                 (no update, no Adam moments, no weight decay): parts of the trained tree the
                 task's own config freezes (alignment's ``trainable="projector"``).
@@ -68,6 +71,7 @@ class Task:
     export: Callable[[Any, str], None] | None = None
     frozen: Any = None
     flops_per_step: float = 0.0
+    uncounted_flops: Callable[[Batch], float] | None = None
     frozen_patterns: tuple[str, ...] = ()
 
 
