@@ -23,7 +23,7 @@ def get_config(arg=None):
     del arg
     encoder = ConformerConfig(
         n_mels=80, d_model=144, n_layers=4, n_heads=4, ffn_dim=576, conv_kernel_size=31,
-        subsampling="dw_striding", subsampling_factor=4, subsampling_channels=64,
+        subsampling="dw_striding", subsampling_factor=4, subsampling_channels=32,
         xscaling=True, conv_norm="batch_norm", vocab_size=CharVocab.english().size,
         dropout=0.1, attention_dropout=0.1, dtype="float32", param_dtype="float32", remat_policy="none")
     config = ctc_task.full_config(encoder.to_dict(), FeatureConfig(n_mels=80).to_dict())
