@@ -182,9 +182,13 @@ def text_qa_accuracy(config, p) -> dict:
             replies = {r["id"]: r["response_text"] for r in map(json.loads, f)}
         correct = [q.is_correct(replies.get(f"qa-{split}-{i:04d}", "")) for i, q in enumerate(items)]
         out[split] = sum(correct) / max(len(correct), 1)
+        for kind in sorted({q.kind for q in items}):  # facts vs arithmetic
+            mine = [c for q, c in zip(items, correct) if q.kind == kind]
+            out[f"{split}/{kind}"] = sum(mine) / len(mine)
         bad = [(q.question, replies.get(f"qa-{split}-{i:04d}")) for i, q in enumerate(items)
                if not correct[i]][:3]
-        print(f"  text QA [{split}]: {out[split]:.1%} of {len(items)}"
+        print(f"  text QA [{split}]: {out[split]:.1%} of {len(items)} ("
+              + ", ".join(f"{k.split('/')[1]} {v:.1%}" for k, v in out.items() if k.startswith(split + "/")) + ")"
               + (f"; e.g. wrong: {bad}" if bad else ""), flush=True)
     return out
 

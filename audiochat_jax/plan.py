@@ -12,9 +12,12 @@ labels and responses): the worst case the run will compile.
 
 FLOPs: XLA's cost analysis counts a while-loop body once, so a scanned LLM
 (``scan_layers=True``) is undercounted by its depth (measured: a 3-layer scanned step
-counts 4.27e10 FLOPs, the same step with 1 unrolled layer 4.26e10). The step is therefore
-also compiled with 2 *unrolled* LLM layers: one layer costs ``f2 - f_scan`` and the step
-``f_scan + (layers - 1) * (f2 - f_scan)``; memory comes from the real, scanned compile.
+counts 4.27e10 FLOPs, the same step with 1 unrolled layer 4.26e10). The missing
+``layers - 1`` layers are added by their matmul count (train/align.py
+``make_uncounted_flops``, the trainer's MFU uses the same; tests/test_flops.py holds it
+within 3% of XLA's count of unrolled layers). ``--check_flops`` also compiles the step with
+2 *unrolled* LLM layers and reports XLA's own extrapolation ``f_scan + (layers - 1) *
+(f2 - f_scan)`` (doubles the compile time). Memory comes from the real, scanned compile.
 CPU compiles differ from TPU/GPU ones in fusion and layout, so the memory is a planning
 figure (good to ~10-20%), not a guarantee.
 
@@ -38,6 +41,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Fake CPU devices to compile for (0 = the product of config.mesh_shape).")
 _JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON to this path.")
+_CHECK_FLOPS = flags.DEFINE_bool(
+    "check_flops", False, "Also compile the step with 2 unrolled LLM layers and report XLA's own "
+    "per-layer FLOP extrapolation next to the matmul-count correction (twice the compile time).")
 _CHIP = flags.DEFINE_enum(
     "chip", None, sorted(CHIPS), "Chip whose peak FLOP/s and HBM the step is compared with "
     "(default: config.plan.chip).")
@@ -106,7 +112,9 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
                              jnp.array([frames], jnp.int32))
 
     task = tasks.Task(init=init, loss=loss, train_data=lambda: iter(()), frozen=frozen,
-                      frozen_patterns=patterns)
+                      frozen_patterns=patterns,
+                      uncounted_flops=align.make_uncounted_flops(a, llm_cfg, embedder, feat_cfg, init,
+                                                                 len(prefix), len(suffix)))
     return task, llm_cfg
 
 
@@ -114,7 +122,8 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
 # Compile and measure
 # ---------------------------------------------------------------------------------------
 def compile_step(config, mesh, llm_layers: int | None = None):
-    """``(compiled, abstract_state, seconds)``: the trainer's jitted step, AOT-compiled."""
+    """``(compiled, abstract_state, seconds, uncounted)``: the trainer's jitted step,
+    AOT-compiled, and the global FLOPs XLA's count misses for a scanned LLM."""
     import jax
     from audiochat_jax.parallel import sharding
     from audiochat_jax.train import loop, optimizer
@@ -126,8 +135,10 @@ def compile_step(config, mesh, llm_layers: int | None = None):
     step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
-        compiled = step.lower(abstract_state, task.frozen, abstract_batch(config, mesh)).compile()
-    return compiled, abstract_state, time.perf_counter() - t0
+        batch = abstract_batch(config, mesh)
+        compiled = step.lower(abstract_state, task.frozen, batch).compile()
+        uncounted = task.uncounted_flops(batch)
+    return compiled, abstract_state, time.perf_counter() - t0, uncounted
 
 
 def _flops(compiled) -> float:
@@ -155,7 +166,7 @@ def analytic_llm_flops(config) -> float:
     return per_token * length * config.batch_size
 
 
-def plan(config, devices: int = 0, chip: str | None = None) -> dict:
+def plan(config, devices: int = 0, chip: str | None = None, check_flops: bool = False) -> dict:
     """Compiles and measures; returns the report dict (also what :func:`main` prints)."""
     import jax
     from audiochat_jax.parallel import sharding
@@ -172,15 +183,14 @@ def plan(config, devices: int = 0, chip: str | None = None) -> dict:
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by data*fsdp="
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} x grad_accum_steps")
-    compiled, state, seconds = compile_step(config, mesh)
+    compiled, state, seconds, uncounted = compile_step(config, mesh)
     mem = compiled.memory_analysis()
     f_scan = _flops(compiled)
-    layers = config.llm.n_layers
-    if config.llm.scan_layers:
+    flops = f_scan + uncounted / n  # per device: every device does 1/n of the global work
+    checked = {}
+    if check_flops and config.llm.scan_layers:
         f2 = _flops(compile_step(config, mesh, 2)[0])
-        flops = f_scan + (layers - 1) * (f2 - f_scan)  # per device
-    else:
-        flops = f_scan
+        checked["flops_per_device_unrolled_check"] = f_scan + (config.llm.n_layers - 1) * (f2 - f_scan)
     spec = CHIPS[chip]
     total_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     trainable = sum(x.size for x in jax.tree.leaves(state.params))
@@ -194,6 +204,7 @@ def plan(config, devices: int = 0, chip: str | None = None) -> dict:
         "analytic_llm_flops_per_device": analytic_llm_flops(config) / n,
         "chip": chip, "peak_flops": spec.peak_bf16_flops, "hbm_gib": spec.hbm_gib,
         "step_seconds_at_peak": flops / spec.peak_bf16_flops, "fits": total_bytes / 2**30 <= spec.hbm_gib,
+        **checked,
     }
 
 
@@ -209,7 +220,9 @@ def format_report(r: dict) -> str:
         f"per-device FLOPs/step: {r['flops_per_device']:.4g} (analytic LLM estimate "
         f"{r['analytic_llm_flops_per_device']:.4g}); at {r['chip']} peak {r['peak_flops'] / 1e12:g} TFLOP/s: "
         f"{r['step_seconds_at_peak']:.3f} s/step (100% MFU)",
-    ])
+    ] + ([f"--check_flops: XLA's count extrapolated from 2 unrolled layers "
+          f"{r['flops_per_device_unrolled_check']:.4g} per device"]
+         if "flops_per_device_unrolled_check" in r else []))
 
 
 def main(argv) -> None:
@@ -233,7 +246,7 @@ def main(argv) -> None:
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", n)
     try:
-        report = plan(config, n, _CHIP.value)
+        report = plan(config, n, _CHIP.value, _CHECK_FLOPS.value)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(format_report(report), flush=True)

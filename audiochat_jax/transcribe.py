@@ -1,4 +1,5 @@
-"""`python -m audiochat_jax.transcribe --ckpt DIR AUDIO...`: CTC transcripts from a conformer.
+"""`python -m audiochat_jax.transcribe --ckpt DIR AUDIO...`: CTC transcripts from a CTC model
+directory (conformer, or wav2vec2/HuBERT with a CTC head).
 
 Prints ``FILE<TAB>TRANSCRIPT`` per file, in input order (``--json``: one JSON list of
 ``{"file", "text", "error"}``). A file that cannot be read (missing, not audio, empty,
@@ -29,27 +30,35 @@ import numpy as np
 
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.audio.io import DEFAULT_MAX_SECONDS, AudioError, load_audio
-from audiochat_jax.models import conformer, ctc
+from audiochat_jax.models import ctc, speech_llm
 from audiochat_jax.text.char_vocab import CharVocab
 
 
 class Transcriber:
-    """A loaded ``conformer_ctc`` model directory: waveforms -> (log_probs, transcripts)."""
+    """A loaded CTC model directory (``conformer_ctc`` or ``wav2vec2`` with a CTC head, as the
+    ctc task exports them): waveforms -> (log_probs, transcripts)."""
 
     def __init__(self, ckpt: str):
-        self.config, self.variables, meta = conformer.load(ckpt)
+        self.config, self.variables, meta = speech_llm.read_encoder_dir(ckpt)
+        for key in ("features", "vocab"):
+            if key not in meta:
+                raise ValueError(f"{ckpt}/config.json has no {key!r} entry: not a CTC model export "
+                                 "(train one with the ctc task, or convert a *ForCTC checkpoint)")
         self.features = FeatureConfig.from_dict(meta["features"])
         self.vocab = CharVocab.from_dict(meta["vocab"])
-        if self.vocab.size != self.config.vocab_size:
+        n_classes = speech_llm.ctc_classes(self.config)
+        if self.vocab.size != n_classes:
             raise ValueError(f"{ckpt}/config.json: vocabulary has {self.vocab.size} classes but the model "
-                             f"{self.config.vocab_size}")
-        model = conformer.ConformerCTC(self.config)
+                             f"{n_classes}")
+        model = speech_llm.ctc_model(self.config)
         features = self.features
+        on_features = speech_llm.input_kind(self.config) == "features"
 
         @jax.jit
         def forward(variables, waves, lengths):
-            feats, frame_lengths = log_mel(waves, lengths, features)
-            logits, out_lengths = model.apply(variables, feats, frame_lengths)
+            # A conformer reads log-mels; a wav2vec2 encoder the waveform itself.
+            inputs, in_lengths = log_mel(waves, lengths, features) if on_features else (waves, lengths)
+            logits, out_lengths = model.apply(variables, inputs, in_lengths)
             return jax.nn.log_softmax(logits, axis=-1), out_lengths
 
         self._forward = functools.partial(forward, self.variables)
@@ -110,9 +119,10 @@ def _dump(path: str, results: list[dict[str, Any]], blank_id: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m audiochat_jax.transcribe",
-        description="Transcribe audio files (WAV/FLAC, any rate, mono or stereo) with a conformer CTC model "
-                    "directory (from `python -m audiochat_jax.convert conformer` or the ctc training stage).")
-    parser.add_argument("--ckpt", required=True, help="conformer_ctc model directory")
+        description="Transcribe audio files (WAV/FLAC, any rate, mono or stereo) with a CTC model "
+                    "directory: conformer_ctc or wav2vec2 with a CTC head (from `python -m audiochat_jax.convert` "
+                    "or the ctc training stage).")
+    parser.add_argument("--ckpt", required=True, help="CTC model directory (conformer_ctc, or wav2vec2 with a CTC head)")
     parser.add_argument("audio", nargs="+", help="audio files")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {file, text, error}")
     parser.add_argument("--dump-logits", metavar="FILE.npz",

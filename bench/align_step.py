@@ -1,11 +1,11 @@
 """Align train step: step time and achieved FLOP/s vs this machine's matmul peak (MFU).
 
-    python bench/align_step.py                       # mini sizes, batch 32 x 3 s audio
+    python bench/align_step.py                       # mini sizes, batch 16 x 3 s audio
     python bench/align_step.py --batch_size 8 --seconds 2 --steps 5
 
 Builds the real ``align`` task (train/align.py) on random mini-world-sized models written to a
 temporary directory — the frozen LLM (d=128, 4 layers, vocab 1000), the conformer of
-configs/conformer_mini.py (d=144, 4 blocks, 64-channel subsampling) and an MLP projector —
+configs/conformer_mini.py (d=144, 4 blocks, 32-channel subsampling) and an MLP projector —
 and times the real jitted, donated train step of the shared loop (train/loop.py) on one
 device: log-mel, encoder, projector, splice, frozen-LLM forward + backward to the audio
 embeddings, AdamW. FLOPs per step are XLA's count for the compiled step (``cost_analysis``).
@@ -125,7 +125,7 @@ def make_align_step(root: str, batch_size: int, samples: int, label_length: int 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seconds", type=float, default=3.0, help="padded audio length per utterance")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
     args = p.parse_args()

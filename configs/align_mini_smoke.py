@@ -7,7 +7,7 @@ LLM, the pre-trained mini conformer and a new 2-layer MLP projector (2 stacked 4
 80 ms per audio embedding) trained with cross-entropy on the precomputed responses plus an
 auxiliary CTC loss (0.3). The loss falls and WORKDIR/model holds a ``speech_llm`` directory.
 ``train/align.py`` documents every ``config.align`` field; the four paths are required.
-Args: ``full`` gives the unshrunk mini stage (600 steps, batch 32, eval every 200 steps).
+Args: ``full`` gives the unshrunk mini stage (250 steps, batch 16, eval at the end).
 """
 from audiochat_jax.train import align
 

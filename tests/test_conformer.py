@@ -177,6 +177,27 @@ def test_ctc_loss_matches_torch_per_example():
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5)
 
 
+def test_ctc_feasible_is_exactly_where_torch_ctc_is_finite():
+    """min_frames = labels + adjacent repeats: the rows torch's CTC (no zero_infinity) gives
+    +inf are exactly the rows ``feasible`` rejects; optax gives those a huge finite loss."""
+    import torch
+    rng = np.random.default_rng(2)
+    b, t, v, n = 64, 12, 3, 10  # 2 classes + blank: many repeats
+    logits = rng.standard_normal((b, t, v)).astype(np.float32)
+    lengths = rng.integers(1, t + 1, size=b)
+    labels = rng.integers(0, v - 1, size=(b, n))
+    label_len = rng.integers(1, n + 1, size=b)
+    ok = np.asarray(ctc.feasible(jnp.asarray(lengths), jnp.asarray(labels), jnp.asarray(label_len)))
+    ref = torch.nn.functional.ctc_loss(
+        torch.from_numpy(logits).log_softmax(-1).transpose(0, 1), torch.from_numpy(labels),
+        torch.from_numpy(lengths), torch.from_numpy(label_len), blank=v - 1, reduction="none").numpy()
+    assert 5 < ok.sum() < b - 5  # both kinds present
+    np.testing.assert_array_equal(ok, np.isfinite(ref))
+    ours = np.asarray(ctc.ctc_loss(jnp.asarray(logits), jnp.asarray(lengths), jnp.asarray(labels),
+                                   jnp.asarray(label_len), blank_id=v - 1))
+    assert np.all(ours[~ok] > 1e3)
+
+
 def test_greedy_decode_merges_repeats_then_drops_blanks():
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 4, size=(5, 25))

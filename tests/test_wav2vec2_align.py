@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -117,6 +118,23 @@ def test_ctc_task_trains_wav2vec2_on_waveforms_and_exports_a_wav2vec2_dir(world,
     assert cfg2 == cfg and set(emb_vars["params"]) == {"encoder", "ctc_head"}
     for a, b in zip(jax.tree.leaves(emb_vars["params"]["ctc_head"]), jax.tree.leaves(variables["params"]["lm_head"])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_transcribe_reads_a_wav2vec2_ctc_dir_on_waveforms(world, ctc_run):
+    """The cascade's ASR (transcribe.Transcriber, used by evaluate) on a wav2vec2 export: its
+    padded, batched log-probs equal Wav2Vec2CTC on each waveform alone."""
+    from audiochat_jax.transcribe import Transcriber
+    out = os.path.join(ctc_run[1], "model")
+    cfg, variables, _ = wav2vec2.load(out)
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 7000, 5200)]
+    model = Transcriber(out)
+    log_probs, out_lengths = model.log_probs(waves, batch_rows=4, bucket_samples=1600)
+    for i, w in enumerate(waves):
+        logits, olen = Wav2Vec2CTC(cfg).apply(variables, jnp.asarray(w)[None], jnp.array([len(w)]))
+        assert int(out_lengths[i]) == int(olen[0])
+        np.testing.assert_allclose(log_probs[i, :int(olen[0])], jax.nn.log_softmax(logits[0]), atol=1e-4)
+    assert len(model.decode(log_probs, out_lengths)) == 3
 
 
 def test_encoder_dirs_of_every_kind_load_in_embedder_names(world, ctc_run, tmp_path):

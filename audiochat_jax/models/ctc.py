@@ -29,6 +29,21 @@ def ctc_loss(logits: jax.Array, lengths: jax.Array, labels: jax.Array, label_len
                           blank_id=blank_id)
 
 
+def min_frames(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
+    """Fewest frames any CTC alignment of each label sequence needs, [batch] int32: one per
+    label plus one blank between each pair of equal neighbours ("ll" needs l, blank, l)."""
+    pos = jnp.arange(labels.shape[1])[None, :]
+    repeats = (labels[:, 1:] == labels[:, :-1]) & (pos[:, 1:] < label_lengths[:, None])
+    return label_lengths.astype(jnp.int32) + jnp.sum(repeats, axis=1, dtype=jnp.int32)
+
+
+def feasible(lengths: jax.Array, labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
+    """[batch] bool: the utterance's ``lengths`` frames can hold its labels at all. An
+    infeasible row has no alignment; optax then returns a huge finite loss (~1e5) whose
+    gradient is noise, so losses weight such rows 0 and count them (torch's zero_infinity)."""
+    return lengths >= min_frames(labels, label_lengths)
+
+
 def greedy_ids(logits: jax.Array) -> jax.Array:
     """Best class per frame, [batch, frames] int32 (jit-able half of greedy decoding)."""
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)

@@ -60,7 +60,7 @@ from audiochat_jax import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.data.input import InputConfig, SpeechInput, load_responses
 from audiochat_jax.models import speech_llm
-from audiochat_jax.models.ctc import ctc_loss
+from audiochat_jax.models.ctc import ctc_loss, feasible
 from audiochat_jax.models.llama import DTYPES, LlamaConfig, scanned_flops_uncounted
 from audiochat_jax.models.projector import ProjectorConfig
 from audiochat_jax.parallel import sharding
@@ -100,9 +100,9 @@ def full_config() -> ml_collections.ConfigDict:
 def mini_config(smoke: bool = False) -> ml_collections.ConfigDict:
     """The mini world's align stage (configs/mini.py wires the paths); ``smoke`` shrinks it."""
     c = full_config()
-    c.total_steps, c.batch_size, c.log_every, c.eval_every = 300, 16, 20, 150
+    c.total_steps, c.batch_size, c.log_every, c.eval_every = 250, 16, 25, 0
     c.optimizer.update(learning_rate=1e-3, warmup_steps=30, weight_decay=0.01, clip_norm=1.0)
-    c.checkpoint.every_steps = 150
+    c.checkpoint.every_steps = 125
     c.align.update(eval_splits=("test_seen",), buckets=(48000, 96000), max_label_length=48,
                    max_response_length=48, ctc_weight=0.3)
     if smoke:
@@ -274,7 +274,9 @@ def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int
             if not train:
                 sums["text_ce"], sums["text_correct"], _ = response_ce(teacher, targets, weights)
         if cfg.ctc_weight > 0 and train:
-            has = (batch["ctc_label_lengths"] > 0) * valid
+            # Rows whose transcript cannot fit their frames (no alignment) get weight 0.
+            has = (batch["ctc_label_lengths"] > 0) * valid * feasible(
+                out["frame_lengths"], batch["ctc_labels"], batch["ctc_label_lengths"])
             nll = ctc_loss(out["ctc_logits"], out["frame_lengths"], batch["ctc_labels"],
                            batch["ctc_label_lengths"], blank_id)
             sums["ctc"] = jnp.sum(jnp.where(has > 0, nll, 0.0))
@@ -287,6 +289,33 @@ def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int
         return sums, new_state
 
     return forward
+
+
+def make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, n_prefix: int, n_suffix: int):
+    """``uncounted_flops(batch) -> float`` (tasks.Task): the global-batch FLOPs of the frozen
+    LLM's layers that XLA's cost analysis misses when they are scanned (it counts a while
+    loop's body once; llama.scanned_flops_uncounted). 0 for an unrolled LLM. Shapes only:
+    ``batch`` may hold ``jax.ShapeDtypeStruct``s (plan.py) or arrays (the trainer's MFU)."""
+
+    def uncounted_flops(batch):
+        if not llm_cfg.scan_layers:
+            return 0.0
+        variables = jax.eval_shape(init, jax.random.key(0))
+        variables = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, variables,
+                                 is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        audio = jax.eval_shape(lambda v, a, n: speech_llm.embed_audio(embedder, v, feat_cfg, a, n),
+                               variables, batch["audio"], batch["audio_lengths"])["embeddings"]
+        rows, n_response = batch["response_ids"].shape
+        remat = llm_cfg.remat_policy == "full"
+        # The audio-prompted pass: forward + activation gradients (+ the remat recompute).
+        missed = scanned_flops_uncounted(llm_cfg, n_prefix + audio.shape[1] + n_suffix + n_response,
+                                         rows, 2 + remat)
+        if cfg.kl_weight > 0:  # the text-prompted teacher: forward only
+            missed += scanned_flops_uncounted(
+                llm_cfg, n_prefix + batch["labels"].shape[1] + n_suffix + n_response, rows, 1)
+        return missed
+
+    return uncounted_flops
 
 
 def make_loss(cfg, forward):
@@ -465,23 +494,7 @@ def align_task(config, mesh) -> tasks.Task:
                                  tokenizer=os.path.abspath(_tokenizer_path(cfg)),
                                  vocab=vocab.to_dict(), system=cfg.system, instruction=cfg.instruction)
 
-    def uncounted_flops(batch):  # MFU: XLA counts a scanned LLM's layer stack once
-        if not llm_cfg.scan_layers:
-            return 0.0
-        variables = jax.eval_shape(init, jax.random.key(0))
-        variables = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, variables,
-                                 is_leaf=lambda x: isinstance(x, nn.Partitioned))
-        audio = jax.eval_shape(lambda v, a, n: speech_llm.embed_audio(embedder, v, feat_cfg, a, n),
-                               variables, batch["audio"], batch["audio_lengths"])["embeddings"]
-        rows, n_response = batch["response_ids"].shape
-        remat = llm_cfg.remat_policy == "full"
-        # The audio-prompted pass: forward + activation gradients (+ the remat recompute).
-        missed = scanned_flops_uncounted(llm_cfg, len(prefix) + audio.shape[1] + len(suffix) + n_response,
-                                         rows, 2 + remat)
-        if cfg.kl_weight > 0:  # the text-prompted teacher: forward only
-            missed += scanned_flops_uncounted(
-                llm_cfg, len(prefix) + batch["labels"].shape[1] + len(suffix) + n_response, rows, 1)
-        return missed
+    uncounted_flops = make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, len(prefix), len(suffix))
 
     return tasks.Task(init=init, loss=loss, train_data=train_data,
                       evaluate=evaluate if cfg.eval_splits else None, export=export,

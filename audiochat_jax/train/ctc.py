@@ -7,7 +7,10 @@ bucket shapes, transcripts as CTC label ids. On device, inside the jitted step (
 measured that features belong there): optional noise augmentation at a random SNR
 (espeak audio has digital silence; clean-trained models collapse under noise), log-mel
 (audio/features.py), SpecAugment, the conformer (train mode: dropout, batch-norm statistics
-updated as ``model_state``), CTC loss normalised per label token.
+updated as ``model_state``), CTC loss normalised per label token. An utterance whose labels
+cannot fit its frames at all (fast speech at 40 ms frames: ~1% of the mini world's espeak
+clips) has no CTC alignment; it is weighted 0 (its loss would be ~1e5 and its gradient
+noise) and counted in the ``infeasible`` metric (``{split}/infeasible`` in eval).
 
 ``config.encoder.kind`` picks the encoder (models/speech_llm.py ``ENCODERS``):
   * "conformer" (the default when absent): the rest of ``config.encoder`` holds the
@@ -20,8 +23,8 @@ updated as ``model_state``), CTC loss normalised per label token.
     the dropout rng in training) takes its place. ``config.features`` then only gives the
     sample rate recorded in the export.
 
-Eval, per split in ``config.ctc.eval_splits``: one pass, loss per label token, greedy CTC
-decoding and corpus CER/WER with jiwer — ``{split}/cer`` etc. in the logs and TensorBoard.
+Eval, per split in ``config.ctc.eval_splits``: one pass, loss per label token (feasible
+utterances), greedy CTC decoding and corpus CER/WER with jiwer (every utterance) — ``{split}/cer`` etc. in the logs and TensorBoard.
 Export: a ``conformer_ctc`` model directory (models/conformer.save: variables, encoder config,
 feature config, vocabulary), what ``python -m audiochat_jax.transcribe --ckpt`` reads; for
 "wav2vec2" a ``wav2vec2`` directory (models/wav2vec2.save, ``Wav2Vec2CTC`` names, with the same
@@ -46,7 +49,7 @@ from audiochat_jax.audio.augment import SpecAugmentConfig, add_noise, sample_snr
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.data.input import InputConfig, SpeechInput
 from audiochat_jax.models import conformer, speech_llm, wav2vec2
-from audiochat_jax.models.ctc import collapse, ctc_loss, greedy_ids
+from audiochat_jax.models.ctc import collapse, ctc_loss, feasible, greedy_ids
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.char_vocab import CharVocab
 from audiochat_jax.train import metrics, tasks
@@ -167,21 +170,24 @@ def ctc_task(config, mesh) -> tasks.Task:
                           rngs={"dropout": jax.random.fold_in(rng, 4)} if train else None)
         (logits, out_lengths), new_state = out if mutable else (out, {})
         nll = ctc_loss(logits, out_lengths, batch["labels"], batch["label_lengths"], blank)
-        return nll, logits, out_lengths, new_state
+        ok = feasible(out_lengths, batch["labels"], batch["label_lengths"])
+        return jnp.where(ok, nll, 0.0), ok, logits, out_lengths, new_state
 
     def loss(variables, frozen, batch, rng):
-        nll, logits, out_lengths, new_state = forward(variables, batch, rng, train=True)
-        valid = batch["valid"].astype(jnp.float32)
+        nll, ok, logits, out_lengths, new_state = forward(variables, batch, rng, train=True)
+        rows = batch["valid"].astype(jnp.float32)
+        valid = rows * ok
         labels = jnp.sum(batch["label_lengths"] * valid)
-        aux = {"tokens_sum": labels, "utterance_loss": jnp.sum(nll * valid) / jnp.maximum(valid.sum(), 1.0)}
+        aux = {"tokens_sum": labels, "utterance_loss": jnp.sum(nll * valid) / jnp.maximum(valid.sum(), 1.0),
+               "infeasible": jnp.sum(rows * (1.0 - ok))}
         if new_state:
             aux["model_state"] = new_state
         return jnp.sum(nll * valid) / jnp.maximum(labels, 1.0), aux
 
     @jax.jit
     def eval_step(variables, batch):
-        nll, logits, out_lengths, _ = forward(variables, batch, jax.random.PRNGKey(0), train=False)
-        return nll, greedy_ids(logits), out_lengths
+        nll, ok, logits, out_lengths, _ = forward(variables, batch, jax.random.PRNGKey(0), train=False)
+        return nll, ok, greedy_ids(logits), out_lengths
 
     batch_spec = P(("data", "fsdp"))
 
@@ -192,14 +198,16 @@ def ctc_task(config, mesh) -> tasks.Task:
         out = {}
         for split in cfg.eval_splits:
             data = SpeechInput(input_config(split, train=False), tokenize=tokenize)
-            nll_sum, n_batches = 0.0, 0
+            nll_sum, n_batches, infeasible = 0.0, 0, 0.0
             refs, hyps, labels = [], [], 0.0
             with jax.set_mesh(mesh), sharding.axis_rules():
                 for batch in data:
-                    nll, ids, lengths = eval_step(variables, tasks.device_batch(batch, mesh))
+                    nll, ok, ids, lengths = eval_step(variables, tasks.device_batch(batch, mesh))
                     valid = batch["valid"]
-                    nll_sum += float(np.sum(host_rows(nll)[valid]))
-                    labels += float(np.sum(batch["label_lengths"][valid]))
+                    ok = host_rows(ok) & valid
+                    nll_sum += float(np.sum(host_rows(nll)[ok]))
+                    labels += float(np.sum(batch["label_lengths"][ok]))
+                    infeasible += float(np.sum(valid & ~ok))
                     decoded = collapse(host_rows(ids)[valid], host_rows(lengths)[valid], blank)
                     refs += [str(t) for t in batch["text"][valid]]
                     hyps += [vocab.decode(d) for d in decoded]
@@ -207,10 +215,10 @@ def ctc_task(config, mesh) -> tasks.Task:
                     if cfg.eval_batches and n_batches >= cfg.eval_batches:
                         break
             counts = _error_counts(refs, hyps)
-            totals = np.array([nll_sum, labels, *counts])
+            totals = np.array([nll_sum, labels, infeasible, *counts])
             if n_hosts > 1:
                 totals = multihost_utils.process_allgather(totals).sum(0)
-            nll_sum, labels, char_err, chars, word_err, words = totals
+            nll_sum, labels, infeasible, char_err, chars, word_err, words = totals
             if not chars:
                 raise ValueError(f"{cfg.data_dir}[{split}]: no eval utterance fits config.ctc.buckets="
                                  f"{tuple(cfg.buckets)} and max_label_length={cfg.max_label_length} "
@@ -218,6 +226,7 @@ def ctc_task(config, mesh) -> tasks.Task:
             out[f"{split}/loss"] = nll_sum / max(labels, 1.0)
             out[f"{split}/cer"] = char_err / max(chars, 1.0)
             out[f"{split}/wer"] = word_err / max(words, 1.0)
+            out[f"{split}/infeasible"] = infeasible
             if refs:
                 metrics.log(f"  {split} e.g. ref: {refs[0]!r}\n  {split} e.g. hyp: {hyps[0]!r}")
         return out
