@@ -74,7 +74,8 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
     c.update(aligned_dir=setup["aligned"], ctc_dir=setup["world"]["encoder"], out_dir=out_dir,
              work_dir=os.path.join(setup["root"], "cache"), workers=1, pocketsphinx=False, n_qa=4,
              n_multiturn=2, n_translation=2, batch_size=4, max_new_tokens=8,
-             sweeps=())  # the sweeps have their own test below
+             sweeps=(),  # the sweeps have their own test below
+             long_items=2, long_statements=2)  # the long-recording section, wired in
     summary = evaluate.run(c)
     with open(summary["results"]) as f:
         results = json.load(f)
@@ -85,7 +86,10 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
     assert set(results["translation"]["bleu"]) == {"text", "audio", "cascade:ctc"}
     assert results["asr"]["ctc"]["n"] > 0 and results["qa"]["n_items"] == 4
     md = open(summary["report"]).read()
-    for heading in ("## Perplexity", "## Spoken QA", "## Multi-turn", "## Speech translation", "perplexity.png"):
+    assert results["long_audio"]["n_items"] == 2 and set(results["long_audio"]["accuracy"]) == {
+        "closed_book", "text", "audio"}
+    for heading in ("## Perplexity", "## Spoken QA", "## Multi-turn", "## Speech translation", "perplexity.png",
+                    "## Long recordings"):
         assert heading in md
     for png in summary["plots"]:
         with open(png, "rb") as f:

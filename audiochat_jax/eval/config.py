@@ -18,6 +18,11 @@ Systems: pocketsphinx (bool: the outside-ASR cascade; ~0.4 s per utterance, run 
   items a path needs).
 Sweeps: sweeps (which of "snr", "voices", "rate", "length"), snr_db (levels, dB; a non-finite
   level = clean), rates (words per minute), length_bins, sweep_items (QA items per sweep, 0 = all kept).
+Long recordings (eval/long_audio.py; off at 0): long_items (recordings), long_statements (fact
+  statements per recording), long_chunk_seconds / long_overlap_seconds (encoder windows),
+  long_extra_stride (projector pooling), long_counterfactual (state values that differ from the
+  world's, so only listening answers). Off by default in the mini pipeline (its time budget);
+  ``--config.eval.long_items=40`` adds the section, or run ``python -m audiochat_jax.eval.long_audio``.
 """
 from __future__ import annotations
 
@@ -37,11 +42,15 @@ def default_eval_config(world: dict | None = None, synth: dict | None = None,
                                  system_prompt="", n_asr_train=3000, n_asr_test=300, n_lm_dialogs=24000,
                                  n_eval=200)),
         synth=dict(synth or {}),
-        n_qa=0, n_multiturn=0, n_translation=0, batch_size=32, max_new_tokens=48,
+        # Sizes within the mini pipeline's 25-minute budget (evaluate took 4.8 min with every
+        # kept item in 5 noise levels and 3 rates; these take about half).
+        n_qa=0, n_multiturn=100, n_translation=0, batch_size=32, max_new_tokens=48,
         voices="unseen", workers=0, seed=1234,
         pocketsphinx=True,
-        sweeps=SWEEPS, snr_db=(30.0, 20.0, 10.0, 5.0, 0.0), rates=(120, 175, 240), length_bins=3,
-        sweep_items=0,
+        sweeps=SWEEPS, snr_db=(20.0, 10.0, 5.0, 0.0), rates=(130, 230), length_bins=3,
+        sweep_items=100,
+        long_items=0, long_statements=5, long_chunk_seconds=4.0, long_overlap_seconds=1.0,
+        long_extra_stride=1, long_counterfactual=False,
     ))
     c.synth["seed"] = 1000 + int(c.synth.get("seed", 0))  # new draws of voice/rate/pitch
     if smoke:

@@ -148,6 +148,9 @@ def markdown(results: dict, plots: list[str]) -> str:
                 md += [f"### {name}", "", _table([name, "n", "audio", "cascade (CTC)", "CTC WER"],
                                                  [[l, v.get("n"), v.get("audio"), v.get("cascade:ctc"), v.get("ctc_wer")]
                                                   for l, v in sweep.items()]), ""]
+    if results.get("long_audio"):
+        from audiochat_jax.eval.long_audio import markdown as long_audio_markdown
+        md += [long_audio_markdown(results["long_audio"])]
     if plots:
         md += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots] + [""]
     if results.get("seconds") is not None:
