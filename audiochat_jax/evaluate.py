@@ -32,7 +32,11 @@ from audiochat_jax.eval.speech_model import SpeechModel
 
 
 def _cap(items: list, n: int) -> list:
-    return items[:n] if n else items
+    """``n`` evenly spaced items (all when ``n`` is 0 or larger): item lists are grouped by
+    kind (the QA list is facts, then arithmetic), so a prefix would measure one kind only."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 class _ASR:
