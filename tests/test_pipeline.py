@@ -65,7 +65,9 @@ def test_every_stage_writes_its_outputs_and_marker(smoke_run):
         assert sum(1 for _ in f) == counts["train"]
     with open(os.path.join(work, "lm", pipeline.MARKER)) as f:
         qa = json.load(f)["summary"]["text_qa"]
-    assert set(qa) == {"heldout", "train"} and all(0 <= v <= 1 for v in qa.values())
+    # Overall and per kind of question (the smoke world asks facts and arithmetic).
+    assert set(qa) == {f"{s}{k}" for s in ("heldout", "train") for k in ("", "/fact", "/arithmetic")}
+    assert all(0 <= v <= 1 for v in qa.values())
     for name in ("report.md", "results.json"):
         assert os.path.exists(os.path.join(p["evaluate"], name)), name
 

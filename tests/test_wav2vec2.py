@@ -236,7 +236,9 @@ def test_config_round_trips_and_rejects_bad_fields():
     wav2vec2_mini = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wav2vec2_mini)
     for arg in ("", "smoke"):
-        mini = w2v.Wav2Vec2Config.from_dict(wav2vec2_mini.get_config(arg).encoder.to_dict())
+        fields = wav2vec2_mini.get_config(arg).encoder.to_dict()
+        assert fields.pop("kind") == "wav2vec2"  # the ctc task's encoder selector, then the fields
+        mini = w2v.Wav2Vec2Config.from_dict(fields)
         assert mini.samples_per_frame == 320 and mini.ctc_vocab_size > 0
     with pytest.raises(ValueError, match="unknown arg"):
         wav2vec2_mini.get_config("big")
