@@ -153,9 +153,9 @@ def main():
     print(f"matmul peak (2048^3, the faster of f32 and bf16 in / f32 acc): {peak / 1e9:.1f} GFLOP/s")
     print(f"MFU = {achieved / peak:.3f} (target >= 0.5)")
     # Is the model's GEMM shape the limit? Its thin matmuls (width 128-576), measured the same
-    # way: on the 2-core dev machine they ran at the square peak (f32), so what holds MFU down
-    # is the step's non-matmul work (log-mel FFT, conv stem, depthwise convs, CTC, norms,
-    # softmax, AdamW), not the GEMM shapes.
+    # way: on the 2-core dev machine they ran at 0.5-1.4x the square peak (f32; noisy), while
+    # the step reached ~0.22 of it, so most of the gap is the step's non-matmul work (log-mel
+    # FFT, conv stem, depthwise convs, CTC, norms, softmax, AdamW), not the GEMM shapes.
     tokens = args.batch_size * (int(args.seconds * 100) // 8 + 80)
     for name, (m, k, n) in {"LLM ffn [tokens,128]x[128,384]": (tokens, 128, 384),
                             "conformer ffn [frames,144]x[144,576]": (args.batch_size * int(args.seconds * 25), 144, 576)}.items():
