@@ -96,7 +96,8 @@ def run(config) -> dict:
         transcriber = Transcriber(c.ctc_dir)
         systems["ctc"] = lambda w: cascade.ctc_transcripts(transcriber, w, c.batch_size)
     if c.pocketsphinx:
-        ps = cascade.PocketSphinx(world.asr_sentences("train"), os.path.join(cache_dir, "pocketsphinx"))
+        ps = cascade.PocketSphinx(world.asr_sentences("train"), os.path.join(cache_dir, "pocketsphinx"),
+                                  workers=workers)
         systems["pocketsphinx"] = ps.transcribe
     asr = _ASR(systems)
 
@@ -161,16 +162,16 @@ def run(config) -> dict:
 
     results["robustness"] = _sweeps(c, prompter, model, qa_items, waves["qa"], metas["qa"], results["qa"],
                                     systems, speak, system, log)
+    if c.pocketsphinx:
+        ps.close()
     if c.long_items:
         from audiochat_jax.eval import long_audio
         log(f"long recordings: {c.long_items} x {c.long_statements} statements")
-        long_items = long_audio.build_items(world, c.long_items, c.long_statements,
-                                            counterfactual=c.long_counterfactual)
-        long_waves, _ = long_audio.record(long_items, c.synth, voices=c.voices, cache_dir=cache_dir,
-                                          workers=workers)
-        results["long_audio"] = long_audio.long_qa(
-            prompter, long_items, long_waves, chunk_seconds=c.long_chunk_seconds,
-            overlap_seconds=c.long_overlap_seconds, extra_stride=c.long_extra_stride, system=system)
+        results["long_audio"] = long_audio.run(
+            prompter, world, c.synth, n_items=c.long_items, n_statements=c.long_statements,
+            counterfactual=c.long_counterfactual, voices=c.voices, cache_dir=cache_dir, workers=workers,
+            chunk_seconds=c.long_chunk_seconds, overlap_seconds=c.long_overlap_seconds,
+            extra_stride=c.long_extra_stride, system=system)
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     files = report.write_report(c.out_dir, results)
     log(f"report: {files['markdown']}")

@@ -19,3 +19,17 @@ import pytest  # noqa: E402
 def n_devices():
     import jax
     return jax.device_count()
+
+
+# README runs the suite with ``-n 2 --dist loadscope --no-loadscope-reorder``: each module
+# runs on one worker, so its module-scoped fixtures (a trained toy world, a pipeline run) are
+# built once instead of once per worker, and modules are handed out in collection order.
+# The slowest modules go first, so the two workers do not end on one long module.
+SLOW_MODULES_FIRST = ("test_pipeline.py", "test_align_resume.py", "test_multiprocess.py",
+                      "test_align_step.py", "test_wav2vec2_align.py", "test_train_ctc.py",
+                      "test_align_ctc.py", "test_train_resume.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))

@@ -57,6 +57,20 @@ def test_pocketsphinx_with_a_domain_lm_transcribes_espeak_speech(tmp_path):
     assert asr.oov_words == []
 
 
+def test_pocketsphinx_worker_processes_give_the_serial_transcripts_in_order(tmp_path):
+    sentences = ["what is seven plus twelve", "what is three times four", "where does alice live",
+                 "the small red dog sleeps under the table", "please put the blue cup on the bed"]
+    waves = [espeak.synthesize(t, v, rate=160) for t in sentences for v in ("en-us+m1", "en-gb+f2")]
+    serial = cascade.PocketSphinx(sentences, str(tmp_path / "one")).transcribe(waves)
+    pooled = cascade.PocketSphinx(sentences, str(tmp_path / "two"), workers=2)
+    try:
+        assert pooled.transcribe(waves) == serial  # 10 utterances in 2 chunks of 5
+        assert pooled.transcribe(waves[:3]) == serial[:3]  # too few to split: in process
+    finally:
+        pooled.close()
+    assert len(set(serial)) > 3  # distinct sentences, so an order mix-up would show
+
+
 def test_noise_is_added_at_the_exact_snr():
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(n).astype(np.float32) * s for n, s in ((800, 0.1), (1300, 0.5))]

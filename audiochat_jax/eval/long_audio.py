@@ -181,6 +181,20 @@ def long_qa(prompter: Prompter, items: Sequence[LongQAItem], waves: Sequence[np.
             "audio_over_text_correct": acc(kept, "audio"), "examples": examples}
 
 
+def run(prompter: Prompter, world: MiniWorld, synth_config: dict, *, n_items: int, n_statements: int,
+        positions: Sequence[str] = ("early", "late"), counterfactual: bool = False,
+        voices: str = "unseen", silence_seconds: float = 0.5, cache_dir: str | None = None,
+        workers: int = 1, chunk_seconds: float, overlap_seconds: float, extra_stride: int = 1,
+        system: str | None = None) -> dict:
+    """build_items -> record -> long_qa: the long-recording QA result (evaluate's report
+    section and this module's CLI)."""
+    items = build_items(world, n_items, n_statements, tuple(positions), counterfactual=counterfactual)
+    waves, _ = record(items, synth_config, voices=voices, silence_seconds=silence_seconds,
+                      cache_dir=cache_dir, workers=workers)
+    return long_qa(prompter, items, waves, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                   extra_stride=extra_stride, system=system)
+
+
 def markdown(result: dict) -> str:
     """A report section (a table per position) for ``long_qa``'s result."""
     fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
@@ -241,14 +255,13 @@ def main(argv=None) -> int:
         model = SpeechModel.load(aligned, section.get("llm_dir", ""), section.get("tokenizer", ""))
         world_kw = dict(section.world)
         world_kw["system_prompt"] = world_kw.get("system_prompt") or None
-        items = build_items(MiniWorld(**world_kw), args.n_items, args.n_statements,
-                            tuple(args.positions.split(",")), counterfactual=args.counterfactual)
-        waves, _ = record(items, dict(section.synth), voices=section.get("voices", "unseen"),
-                          silence_seconds=args.silence_seconds, cache_dir=os.path.join(args.out, "cache"),
-                          workers=os.cpu_count() or 1)
-        result = long_qa(Prompter(model, args.batch_size, args.max_new_tokens), items, waves,
-                         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-                         extra_stride=args.extra_stride, system=model.system)
+        result = run(Prompter(model, args.batch_size, args.max_new_tokens), MiniWorld(**world_kw),
+                     dict(section.synth), n_items=args.n_items, n_statements=args.n_statements,
+                     positions=args.positions.split(","), counterfactual=args.counterfactual,
+                     voices=section.get("voices", "unseen"), silence_seconds=args.silence_seconds,
+                     cache_dir=os.path.join(args.out, "cache"), workers=os.cpu_count() or 1,
+                     chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                     extra_stride=args.extra_stride, system=model.system)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
