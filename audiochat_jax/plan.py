@@ -53,10 +53,10 @@ _CHIP = flags.DEFINE_enum(
 # the frozen layer stack [layers, ...] is loop-invariant, so loop-invariant code motion
 # hoists it out of the while loop: an f32 copy of every frozen weight, twice the LLM's
 # argument bytes, appeared in the CPU plan's temporaries (measured on a 4-layer d=1024 LLM:
-# 196 MiB of f32 converts of 103 MiB of bf16 layers; 70B on v4-32 planned 36.1 GiB with it,
-# of which ~16 GiB were these copies). TPUs and GPUs dot bf16 directly and have no such
-# buffer, so the plan compiles without those two passes; the remaining per-layer converts
-# inside the loop are transient.
+# 196 MiB of f32 converts of 98 MiB of bf16 layers; 70B on 16 devices planned 27.85 GiB of
+# temporaries with it, 10.49 GiB without). TPUs and GPUs dot bf16 directly and have no such
+# buffer, so the plan compiles without those two passes. The per-layer converts left inside
+# the loop (one layer's weights in f32 at a time) are still counted: a CPU-only overestimate.
 CPU_PLAN_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                       "--xla_disable_hlo_passes=while-loop-invariant-code-motion,"
                       "while-loop-expensive-invariant-code-motion")

@@ -13,7 +13,8 @@ World:
   synth         data.synth.SynthConfig fields for the eval audio (voice pools must equal the
                 speech stage's so "unseen" really is unseen; a new seed gives new renditions)
 Sizes: n_qa, n_multiturn, n_translation (0 = all the world's items), batch_size,
-  max_new_tokens, voices ("unseen" | "seen": the main tables' voices), workers (espeak processes).
+  max_new_tokens, voices ("unseen" | "seen": the main tables' voices), workers (espeak and
+  pocketsphinx processes, 0 = all cores).
 Systems: pocketsphinx (bool: the outside-ASR cascade; ~0.4 s per utterance, run only on the
   items a path needs).
 Sweeps: sweeps (which of "snr", "voices", "rate", "length"), snr_db (levels, dB; a non-finite
