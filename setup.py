@@ -37,7 +37,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "dev": [
         "pytest>=8,<10",
-        "pytest-xdist>=3.5,<4",
+        "pytest-xdist>=3.6,<4",  # --no-loadscope-reorder (README's test command)
         # CPU torch from local disk here; a bare `torch` would pull a multi-GB CUDA build.
         # Used for parity tests and for reading Meta .pth / .nemo checkpoints only.
         "torch==2.13.0",
