@@ -76,6 +76,9 @@ def run(config) -> dict:
     world_kw["system_prompt"] = world_kw.get("system_prompt") or None
     world = MiniWorld(**world_kw)
     qa_items = _cap(world.qa_items("heldout"), c.n_qa)
+    # Questions the alignment corpus *did* speak (new audio, eval voices): the train vs
+    # held-out gap is what memorisation of training answers would show up as.
+    qa_train_items = _cap(world.qa_items("train"), c.n_qa_train) if c.n_qa_train > 0 else []
     mt_items = _cap(world.multiturn_items(), c.n_multiturn)
     tr_items = _cap(world.translation_items(), c.n_translation)
     workers = c.workers or os.cpu_count() or 1
@@ -83,10 +86,10 @@ def run(config) -> dict:
     def speak(texts, voices=c.voices, rate=None):
         return render.render(texts, c.synth, voices=voices, rate=rate, cache_dir=cache_dir, workers=workers)
 
-    log(f"rendering {len(qa_items)} QA, {len(mt_items)} multi-turn, {len(tr_items)} translation utterances "
+    log(f"rendering {len(qa_items)} held-out + {len(qa_train_items)} training QA, {len(mt_items)} multi-turn, {len(tr_items)} translation utterances "
         f"({c.voices} voices)")
     sets = {"qa": [q.question for q in qa_items], "multiturn": [m.question for m in mt_items],
-            "translation": [t.en for t in tr_items]}
+            "translation": [t.en for t in tr_items], "qa_train": [q.question for q in qa_train_items]}
     waves, metas = {}, {}
     for name, texts in sets.items():
         waves[name], metas[name] = speak(texts)
@@ -99,84 +102,91 @@ def run(config) -> dict:
         ps = cascade.PocketSphinx(world.asr_sentences("train"), os.path.join(cache_dir, "pocketsphinx"),
                                   workers=workers)
         systems["pocketsphinx"] = ps.transcribe
-    asr = _ASR(systems)
+    try:
+        asr = _ASR(systems)
 
-    log("embedding audio")
-    audio = {}
-    for name, w in waves.items():
-        if w:
-            emb, lens = model.embed_audio(w)
-            audio[name] = [emb[i, :lens[i]] for i in range(len(w))]
-        else:
-            audio[name] = []
+        log("embedding audio")
+        audio = {}
+        for name, w in waves.items():
+            if w:
+                emb, lens = model.embed_audio(w)
+                audio[name] = [emb[i, :lens[i]] for i in range(len(w))]
+            else:
+                audio[name] = []
 
-    def paths_for(name):
-        """path -> function(indices) -> content parts (audio embeddings or ASR token ids)."""
-        out = {"audio": lambda idx: [audio[name][i] for i in idx]}
+        def paths_for(name):
+            """path -> function(indices) -> content parts (audio embeddings or ASR token ids)."""
+            out = {"audio": lambda idx: [audio[name][i] for i in idx]}
+            for sys_name in systems:
+                out[f"cascade:{sys_name}"] = (lambda idx, s=sys_name: [
+                    tok.encode(t) for t in asr(s, name, waves[name], idx)])
+            return out
+
+        text_parts = {name: [tok.encode(t) for t in texts] for name, texts in sets.items()}
+        results = {"meta": {"aligned_dir": os.path.abspath(c.aligned_dir), "llm_dir": model.meta.get("llm_dir"),
+                            "voices": c.voices, "items": {k: len(v) for k, v in sets.items()},
+                            "system": system}}
+
+        log("spoken QA")
+        results["qa"] = qa.spoken_qa(prompter, qa_items, text_parts["qa"], paths_for("qa"), system=system)
+        if qa_train_items:
+            log("spoken QA, training questions")
+            results["qa_train"] = qa.spoken_qa(prompter, qa_train_items, text_parts["qa_train"],
+                                               paths_for("qa_train"), system=system)
+        if mt_items:
+            log("multi-turn")
+            results["multiturn"] = qa.multi_turn(prompter, mt_items, text_parts["multiturn"], paths_for("multiturn"),
+                                                 system=system)
+        if tr_items:
+            log("translation")
+            every = list(range(len(tr_items)))
+            tr_paths = {"text": text_parts["translation"], **{k: f(every) for k, f in paths_for("translation").items()}}
+            results["translation"] = translation.speech_translation(
+                prompter, [t.fr for t in tr_items], tr_paths, TRANSLATE_INSTRUCTION, system)
+
+        log("perplexity")
+        results["perplexity"] = {}
+        for name, instruction, refs in (("qa", "{content}", [world.reply(q.question) for q in qa_items]),
+                                        ("translation", TRANSLATE_INSTRUCTION, [t.fr for t in tr_items])):
+            if not refs:
+                continue
+            every = list(range(len(refs)))
+            prefix, suffix = content_parts(tok, [{"role": "user", "content": "x"}], 0, system, instruction)
+            resp = [response_ids(tok, [{"role": "user", "content": instruction.format(content=t)}], r, system)
+                    for t, r in zip(sets[name], refs)]
+            contents = {"text": text_parts[name], **{k: f(every) for k, f in paths_for(name).items()}}
+            results["perplexity"][name] = perplexity.path_perplexities(
+                prompter, [prefix] * len(refs), [suffix] * len(refs), contents, resp)
+
+        results["asr"] = {}
         for sys_name in systems:
-            out[f"cascade:{sys_name}"] = (lambda idx, s=sys_name: [
-                tok.encode(t) for t in asr(s, name, waves[name], idx)])
-        return out
+            hyps, refs = [], []
+            for name in sets:
+                idx = sorted(asr.cache.get((sys_name, name), {}))
+                hyps += asr(sys_name, name, waves[name], idx)
+                refs += [sets[name][i] for i in idx]
+            if refs:
+                results["asr"][sys_name] = {"wer": cascade.wer(refs, hyps), "n": len(refs)}
 
-    text_parts = {name: [tok.encode(t) for t in texts] for name, texts in sets.items()}
-    results = {"meta": {"aligned_dir": os.path.abspath(c.aligned_dir), "llm_dir": model.meta.get("llm_dir"),
-                        "voices": c.voices, "items": {k: len(v) for k, v in sets.items()},
-                        "system": system}}
-
-    log("spoken QA")
-    results["qa"] = qa.spoken_qa(prompter, qa_items, text_parts["qa"], paths_for("qa"), system=system)
-    if mt_items:
-        log("multi-turn")
-        results["multiturn"] = qa.multi_turn(prompter, mt_items, text_parts["multiturn"], paths_for("multiturn"),
-                                             system=system)
-    if tr_items:
-        log("translation")
-        every = list(range(len(tr_items)))
-        tr_paths = {"text": text_parts["translation"], **{k: f(every) for k, f in paths_for("translation").items()}}
-        results["translation"] = translation.speech_translation(
-            prompter, [t.fr for t in tr_items], tr_paths, TRANSLATE_INSTRUCTION, system)
-
-    log("perplexity")
-    results["perplexity"] = {}
-    for name, instruction, refs in (("qa", "{content}", [world.reply(q.question) for q in qa_items]),
-                                    ("translation", TRANSLATE_INSTRUCTION, [t.fr for t in tr_items])):
-        if not refs:
-            continue
-        every = list(range(len(refs)))
-        prefix, suffix = content_parts(tok, [{"role": "user", "content": "x"}], 0, system, instruction)
-        resp = [response_ids(tok, [{"role": "user", "content": instruction.format(content=t)}], r, system)
-                for t, r in zip(sets[name], refs)]
-        contents = {"text": text_parts[name], **{k: f(every) for k, f in paths_for(name).items()}}
-        results["perplexity"][name] = perplexity.path_perplexities(
-            prompter, [prefix] * len(refs), [suffix] * len(refs), contents, resp)
-
-    results["asr"] = {}
-    for sys_name in systems:
-        hyps, refs = [], []
-        for name in sets:
-            idx = sorted(asr.cache.get((sys_name, name), {}))
-            hyps += asr(sys_name, name, waves[name], idx)
-            refs += [sets[name][i] for i in idx]
-        if refs:
-            results["asr"][sys_name] = {"wer": cascade.wer(refs, hyps), "n": len(refs)}
-
-    results["robustness"] = _sweeps(c, prompter, model, qa_items, waves["qa"], metas["qa"], results["qa"],
-                                    systems, speak, system, log)
-    if c.pocketsphinx:
-        ps.close()
-    if c.long_items:
-        from audiochat_jax.eval import long_audio
-        log(f"long recordings: {c.long_items} x {c.long_statements} statements")
-        results["long_audio"] = long_audio.run(
-            prompter, world, c.synth, n_items=c.long_items, n_statements=c.long_statements,
-            counterfactual=c.long_counterfactual, voices=c.voices, cache_dir=cache_dir, workers=workers,
-            chunk_seconds=c.long_chunk_seconds, overlap_seconds=c.long_overlap_seconds,
-            extra_stride=c.long_extra_stride, system=system)
+        results["robustness"] = _sweeps(c, prompter, model, qa_items, waves["qa"], metas["qa"], results["qa"],
+                                        systems, speak, system, log)
+        if c.long_items:
+            from audiochat_jax.eval import long_audio
+            log(f"long recordings: {c.long_items} x {c.long_statements} statements")
+            results["long_audio"] = long_audio.run(
+                prompter, world, c.synth, n_items=c.long_items, n_statements=c.long_statements,
+                counterfactual=c.long_counterfactual, voices=c.voices, cache_dir=cache_dir, workers=workers,
+                chunk_seconds=c.long_chunk_seconds, overlap_seconds=c.long_overlap_seconds,
+                extra_stride=c.long_extra_stride, system=system)
+    finally:  # the pocketsphinx worker processes, also when a section raises
+        if c.pocketsphinx:
+            ps.close()
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     files = report.write_report(c.out_dir, results)
     log(f"report: {files['markdown']}")
     return {"report": files["markdown"], "results": files["json"], "plots": files["plots"],
             "qa_accuracy": results["qa"]["accuracy"], "qa_text_accuracy": results["qa"]["text_accuracy"],
+            "qa_train_accuracy": results.get("qa_train", {}).get("accuracy"),
             "bleu": results.get("translation", {}).get("bleu"),
             "ppl": {k: {p: v["ppl"] for p, v in d.items()} for k, d in results["perplexity"].items()},
             "seconds": results["seconds"]}

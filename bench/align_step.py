@@ -12,13 +12,36 @@ embeddings, AdamW. FLOPs per step are XLA's count for the compiled step (``cost_
 The peak is measured in the same run: a jitted 2048^3 matmul, the faster of float32 and
 bfloat16 inputs (float32 accumulation), median of 5, before and after the step timing.
 Prints step time, achieved GFLOP/s, the peak, and MFU = achieved / peak (target >= 0.5).
+
+    python bench/align_step.py --config configs/llama2_7b_chat.py:8xh100 --seconds 10
+
+``--config`` times a paper/pod slice's step on this one device instead: the config's frozen
+LLM (Llama-2-7B dimensions, scanned, bf16, its remat policy) with random weights made on the
+device (no model directory: the 13.5 GB would only be written and read back), the paper
+conformer of the config's ``plan`` section, at the config's per-device batch (``--batch_size``
+overrides) and ``--llm_layers`` to cut the depth. FLOPs = XLA's count + the scanned layers it
+counts once (``task.uncounted_flops``, as the trainer's MFU). On a GPU the peak is measured
+with 8192^3 bf16 matmuls (``--peak_n``), and the chip's data-sheet peak is printed beside it.
+
+Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unchanged):
+  2-core dev CPU, mini, batch 16 x 3 s     MFU 0.16-0.22 of its ~125 GFLOP/s matmul peak
+  one H100 80GB HBM3, mini, batch 16 x 3 s 9.0 ms/step, 2.7 TFLOP/s: MFU 0.004 (a 1M-param
+                                           LLM cannot fill a GPU; the step is launch-bound)
+  one H100, --config configs/llama2_7b_chat.py:8xh100 (6.74B frozen, 32 scanned layers,
+  remat dots_no_batch, paper conformer d=512 x 16), batch 8 x 10 s
+                                           267.5 ms/step, 200 TFLOP/s: MFU 0.288 of the
+                                           measured 696 TFLOP/s peak (0.203 of the 989 data
+                                           sheet); compile 144.5 s
+Not profiled yet (the session's GPU time ran out); batch 4 and 16 did not finish inside it.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -81,38 +104,41 @@ def write_mini_models(root: str, vocab_size: int = 1000, dtype: str = "bfloat16"
             "responses": os.path.join(root, "responses.jsonl")}
 
 
-def make_align_step(root: str, batch_size: int, samples: int, label_length: int = 48,
-                    response_length: int = 48, **align_overrides):
-    """``(run, flops)``: ``run()`` executes one real align train step (state donated and carried)
-    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = XLA's count per step."""
-    from audiochat_jax.parallel import sharding
-    from audiochat_jax.train import align, loop, optimizer, tasks
-    paths = write_mini_models(root)
-    config = align.mini_config()
-    config.batch_size, config.total_steps = batch_size, 1000
-    config.align.update(llm_dir=paths["llm"], encoder_dir=paths["encoder"], data_dir=root,
-                        responses=paths["responses"], max_label_length=label_length,
-                        max_response_length=response_length, **align_overrides)
-    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    task = align.align_task(config, mesh)
-    tx, schedule = optimizer.make_optimizer(config, task.frozen_patterns)
-    state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
-    step = loop.jit_train_step(task, tx, schedule, shardings, mesh)
-    rng = np.random.default_rng(0)
-    host = {"audio": (0.1 * rng.standard_normal((batch_size, samples))).astype(np.float32),
+def random_host_batch(batch_size: int, samples: int, label_length: int, response_length: int,
+                      ctc_length: int, vocab_size: int, seed: int = 0) -> dict:
+    """An align batch of random audio [b, samples] and token ids (3/4 of each row valid); CTC
+    labels at ~12 characters per second of audio (a feasible CTC target for 40-80 ms frames)."""
+    rng = np.random.default_rng(seed)
+    return {"audio": (0.1 * rng.standard_normal((batch_size, samples))).astype(np.float32),
             "audio_lengths": np.full((batch_size,), samples, np.int32),
-            "labels": rng.integers(3, 300, (batch_size, label_length)).astype(np.int32),
+            "labels": rng.integers(3, vocab_size, (batch_size, label_length)).astype(np.int32),
             "label_lengths": np.full((batch_size,), label_length * 3 // 4, np.int32),
-            "response_ids": rng.integers(3, 300, (batch_size, response_length)).astype(np.int32),
+            "response_ids": rng.integers(3, vocab_size, (batch_size, response_length)).astype(np.int32),
             "response_lengths": np.full((batch_size,), response_length * 3 // 4, np.int32),
             "valid": np.ones((batch_size,), bool),
-            "ctc_labels": rng.integers(0, 28, (batch_size, 256)).astype(np.int32),
-            "ctc_label_lengths": np.full((batch_size,), samples // 16000 * 12, np.int32)}
-    batch = tasks.device_batch(host, mesh)
+            "ctc_labels": rng.integers(0, 28, (batch_size, ctc_length)).astype(np.int32),
+            "ctc_label_lengths": np.full((batch_size,), min(ctc_length, int(samples / 16000 * 12)), np.int32)}
+
+
+def compiled_step(task, config, mesh, host_batch: dict):
+    """``(run, flops)`` for the trainer's real jitted, donated step of ``task``: ``run()``
+    executes one step on ``host_batch`` (state carried); ``flops`` = XLA's count per step +
+    the scanned layers it counts once."""
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import loop, optimizer, tasks
+    patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
+    tx, schedule = optimizer.make_optimizer(config, patterns)
+    state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh)
+    batch = tasks.device_batch(host_batch, mesh)
+    t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
         compiled = step.lower(state, task.frozen, batch).compile()
+    print(f"  compiled the step in {time.perf_counter() - t0:.1f}s", flush=True)
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    if task.uncounted_flops is not None:
+        flops += task.uncounted_flops(batch)
     holder = {"state": state}
 
     def run():
@@ -123,43 +149,135 @@ def make_align_step(root: str, batch_size: int, samples: int, label_length: int 
     return run, flops
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=3.0, help="padded audio length per utterance")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
-    args = p.parse_args()
-    print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs visible")
-    # The peak is the faster of the two square-matmul forms: on some CPUs bf16 inputs win
-    # (ENV-NOTES), on others f32 does (measured here: 125 vs 88 GFLOP/s).
-    square_peak = lambda: max(matmul_peak(dtype=jnp.float32), matmul_peak(dtype=jnp.bfloat16))  # noqa: E731
-    peak_before = square_peak()
-    with tempfile.TemporaryDirectory() as root:
+def make_align_step(root: str, batch_size: int, samples: int, label_length: int = 48,
+                    response_length: int = 48, **align_overrides):
+    """``(run, flops)``: ``run()`` executes one real align train step (state donated and carried)
+    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = XLA's count per step."""
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import align
+    paths = write_mini_models(root)
+    config = align.mini_config()
+    config.batch_size, config.total_steps = batch_size, 1000
+    config.align.update(llm_dir=paths["llm"], encoder_dir=paths["encoder"], data_dir=root,
+                        responses=paths["responses"], max_label_length=label_length,
+                        max_response_length=response_length, **align_overrides)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    task = align.align_task(config, mesh)
+    return compiled_step(task, config, mesh, random_host_batch(
+        batch_size, samples, label_length, response_length, 256, 300))
+
+
+def random_like(abstract, seed: int = 0):
+    """Arrays of ``abstract``'s shapes, dtypes and shardings, N(0, 0.02^2), made on the devices."""
+    leaves, treedef = jax.tree.flatten(abstract)
+    keys = list(jax.random.split(jax.random.key(seed), len(leaves)))
+    make = jax.jit(lambda ks: [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
+                               for k, x in zip(ks, leaves)],
+                   out_shardings=[x.sharding for x in leaves])
+    return jax.tree.unflatten(treedef, make(keys))
+
+
+def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers: int = 0):
+    """``(run, flops, batch_size, description)`` of a slice config's align step on one device: its frozen
+    LLM with random weights, its plan encoder, per-device batch (``batch_size`` 0 = the
+    config's), ``samples`` of audio, ``llm_layers`` (0 = the config's depth)."""
+    import dataclasses
+    from audiochat_jax import plan
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.slices import sibling_config
+    path, _, arg = config_arg.partition(":")
+    config = sibling_config(path, os.path.basename(path), arg or None)
+    per_device = config.batch_size // (config.mesh_shape[0] * config.mesh_shape[1])
+    config.batch_size, config.mesh_shape = batch_size or per_device, (1, 1, 1)
+    if llm_layers:
+        config.llm.n_layers = llm_layers
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    t0 = time.perf_counter()
+    task, llm_cfg = plan.abstract_task(config, mesh)
+    task = dataclasses.replace(task, frozen=jax.block_until_ready(random_like(task.frozen)))
+    print(f"  random frozen LLM on the device in {time.perf_counter() - t0:.1f}s; compiling the step", flush=True)
+    a = config.align
+    run, flops = compiled_step(task, config, mesh, random_host_batch(
+        config.batch_size, samples, a.max_label_length, a.max_response_length,
+        a.ctc_max_label_length, llm_cfg.vocab_size))
+    n_llm = sum(x.size for x in jax.tree.leaves(task.frozen))
+    description = (f"{config_arg}: frozen LLM {n_llm / 1e9:.2f}B params ({llm_cfg.n_layers} layers, d={llm_cfg.dim}, "
+                   f"{llm_cfg.dtype}, remat {llm_cfg.remat_policy or 'none'}), paper conformer "
+                   f"d={config.plan.encoder.d_model} x {config.plan.encoder.n_layers}, batch {config.batch_size}")
+    return run, flops, config.batch_size, description
+
+
+def time_steps(run, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` steps, after one warm-up step."""
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(steps):
         t0 = time.perf_counter()
-        run, flops = make_align_step(root, args.batch_size, int(args.seconds * 16000))
-        print(f"built + compiled the align step in {time.perf_counter() - t0:.1f}s; "
-              f"XLA FLOPs/step {flops / 1e9:.2f} G")
         jax.block_until_ready(run())
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(run())
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main():
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a long compile/step is
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="", help="a slice config (e.g. configs/llama2_7b_chat.py:8xh100): time "
+                   "its step on one device with random weights; default: the mini sizes")
+    p.add_argument("--batch_size", type=int, default=0,
+                   help="utterances per step (default: 16 for mini, the config's per-device batch with --config)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="padded audio length per utterance (default: 3 for mini, 10 with --config)")
+    p.add_argument("--llm_layers", type=int, default=0, help="with --config: LLM depth (0 = the config's)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
+    p.add_argument("--peak_n", type=int, default=0,
+                   help="square matmul size for the peak (default: 8192 on a GPU/TPU, 2048 on CPU)")
+    args = p.parse_args()
+    device = jax.devices()[0]
+    on_cpu = device.platform == "cpu"
+    print(f"device: {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs visible, jax {jax.__version__}")
+    peak_n = args.peak_n or (2048 if on_cpu else 8192)
+    # The peak is the faster of the two square-matmul forms: on some CPUs bf16 inputs win
+    # (ENV-NOTES), on others f32 does (measured here: 125 vs 88 GFLOP/s). Accelerators: bf16.
+    dtypes = (jnp.float32, jnp.bfloat16) if on_cpu else (jnp.bfloat16,)
+    square_peak = lambda: max(matmul_peak(peak_n, dtype=d) for d in dtypes)  # noqa: E731
+    peak_before = square_peak()
+    seconds = args.seconds or (10.0 if args.config else 3.0)
+    samples = int(seconds * 16000)
+    t0 = time.perf_counter()
+    if args.config:
+        run, flops, batch_size, what = make_config_step(args.config, args.batch_size, samples, args.llm_layers)
+        times = time_steps(run, args.steps)
+    else:
+        batch_size = args.batch_size or 16
+        what = f"mini sizes (LLM d=128 x 4, conformer d=144 x 4), batch {batch_size}"
+        with tempfile.TemporaryDirectory() as root:
+            run, flops = make_align_step(root, batch_size, samples)
+            times = time_steps(run, args.steps)
+    print(f"{what}: built, compiled and ran {args.steps + 1} steps in {time.perf_counter() - t0:.1f}s; "
+          f"FLOPs/step {flops / 1e9:.2f} G")
     peak = max(peak_before, square_peak())  # before and after: the machine is shared and noisy
     step_s = statistics.median(times)
     achieved = flops / step_s
-    print(f"align step: batch {args.batch_size} x {args.seconds:g} s, median {step_s * 1e3:.1f} ms/step "
+    print(f"align step: batch {batch_size} x {seconds:g} s, median {step_s * 1e3:.1f} ms/step "
           f"(min {min(times) * 1e3:.1f}), {achieved / 1e9:.1f} GFLOP/s")
-    print(f"matmul peak (2048^3, the faster of f32 and bf16 in / f32 acc): {peak / 1e9:.1f} GFLOP/s")
-    print(f"MFU = {achieved / peak:.3f} (target >= 0.5)")
+    print(f"matmul peak ({peak_n}^3, {'the faster of f32 and bf16' if on_cpu else 'bf16'} in / f32 acc): "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"MFU = {achieved / peak:.3f} of the measured peak (target >= 0.5)")
+    from audiochat_jax.slices import CHIPS
+    for key, chip in CHIPS.items():
+        if not on_cpu and key in device.device_kind.lower().split():
+            print(f"  = {achieved / chip.peak_bf16_flops:.3f} of the {chip.name} data-sheet "
+                  f"{chip.peak_bf16_flops / 1e12:g} TFLOP/s dense bf16")
+    if args.config:
+        return
     # Is the model's GEMM shape the limit? Its thin matmuls (width 128-576), measured the same
     # way: on the 2-core dev machine they ran at 0.5-1.4x the square peak (f32; noisy), while
     # the step reached ~0.22 of it, so most of the gap is the step's non-matmul work (log-mel
     # FFT, conv stem, depthwise convs, CTC, norms, softmax, AdamW), not the GEMM shapes.
-    tokens = args.batch_size * (int(args.seconds * 100) // 8 + 80)
+    tokens = batch_size * (int(seconds * 100) // 8 + 80)
     for name, (m, k, n) in {"LLM ffn [tokens,128]x[128,384]": (tokens, 128, 384),
-                            "conformer ffn [frames,144]x[144,576]": (args.batch_size * int(args.seconds * 25), 144, 576)}.items():
-        for dtype in (jnp.float32, jnp.bfloat16):
+                            "conformer ffn [frames,144]x[144,576]": (batch_size * int(seconds * 25), 144, 576)}.items():
+        for dtype in dtypes:
             thin = matmul_peak(n, m=m, k=k, dtype=dtype)
             print(f"matmul {name} {jnp.dtype(dtype).name}: {thin / 1e9:.1f} GFLOP/s "
                   f"({thin / peak:.2f} of the peak); the step reaches {achieved / thin:.2f} of it")

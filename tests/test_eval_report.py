@@ -73,7 +73,7 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
     out_dir = os.path.join(setup["root"], "out")
     c.update(aligned_dir=setup["aligned"], ctc_dir=setup["world"]["encoder"], out_dir=out_dir,
              work_dir=os.path.join(setup["root"], "cache"), workers=1, pocketsphinx=False, n_qa=4,
-             n_multiturn=2, n_translation=2, batch_size=4, max_new_tokens=8,
+             n_qa_train=2, n_multiturn=2, n_translation=2, batch_size=4, max_new_tokens=8,
              sweeps=(),  # the sweeps have their own test below
              long_items=2, long_statements=2)  # the long-recording section, wired in
     summary = evaluate.run(c)
@@ -85,10 +85,13 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
         assert all(np.isfinite(v["ppl"]) and v["ppl"] > 1 for v in ppl.values())
     assert set(results["translation"]["bleu"]) == {"text", "audio", "cascade:ctc"}
     assert results["asr"]["ctc"]["n"] > 0 and results["qa"]["n_items"] == 4
+    # Training questions (spoken in the alignment corpus) beside the held-out ones, every path.
+    assert results["qa_train"]["n_items"] == 2
+    assert set(results["qa_train"]["accuracy"]) == set(results["qa"]["accuracy"])
     md = open(summary["report"]).read()
     assert results["long_audio"]["n_items"] == 2 and set(results["long_audio"]["accuracy"]) == {
         "closed_book", "text", "audio"}
-    for heading in ("## Perplexity", "## Spoken QA", "## Multi-turn", "## Speech translation", "perplexity.png",
+    for heading in ("## Perplexity", "## Spoken QA", "Training vs held-out questions", "## Multi-turn", "## Speech translation", "perplexity.png",
                     "## Long recordings"):
         assert heading in md
     for png in summary["plots"]:

@@ -125,6 +125,14 @@ def markdown(results: dict, plots: list[str]) -> str:
         md += ["## Spoken QA", "", f"{q['n_items']} held-out questions; the text path answers "
                f"{q['text_accuracy']:.1%}; the {q['n_kept']} it gets right are asked by speech.", "",
                _table(["content", "accuracy"], [[PATH_LABELS.get(p, p), q["accuracy"][p]] for p in _paths(q["accuracy"])]), ""]
+        if results.get("qa_train"):
+            t = results["qa_train"]
+            md += [f"Training vs held-out questions: {t['n_items']} questions the alignment corpus spoke "
+                   f"(in other voices), asked with new audio; the text path answers {t['text_accuracy']:.1%}, "
+                   f"{t['n_kept']} kept. A path far better on training questions memorised their answers.", "",
+                   _table(["content", "held-out questions", "training questions"],
+                          [[PATH_LABELS.get(p, p), q["accuracy"][p], t["accuracy"].get(p)]
+                           for p in _paths(q["accuracy"])]), ""]
         for p, ex in q.get("examples", {}).items():
             if ex and p != "text":
                 md += [f"Wrong ({p}): " + "; ".join(f"“{a}” → “{b}”" for a, b in ex[:3]), ""]

@@ -100,7 +100,7 @@ def full_config() -> ml_collections.ConfigDict:
 def mini_config(smoke: bool = False) -> ml_collections.ConfigDict:
     """The mini world's align stage (configs/mini.py wires the paths); ``smoke`` shrinks it."""
     c = full_config()
-    c.total_steps, c.batch_size, c.log_every, c.eval_every = 240, 16, 20, 0
+    c.total_steps, c.batch_size, c.log_every, c.eval_every = 480, 16, 20, 0
     c.optimizer.update(learning_rate=1e-3, warmup_steps=30, weight_decay=0.01, clip_norm=1.0)
     c.checkpoint.every_steps = 125
     c.align.update(eval_splits=("test_seen",), buckets=(48000, 96000), max_label_length=48,
