@@ -86,8 +86,8 @@ def run(config) -> dict:
     def speak(texts, voices=c.voices, rate=None):
         return render.render(texts, c.synth, voices=voices, rate=rate, cache_dir=cache_dir, workers=workers)
 
-    log(f"rendering {len(qa_items)} held-out + {len(qa_train_items)} training QA, {len(mt_items)} multi-turn, {len(tr_items)} translation utterances "
-        f"({c.voices} voices)")
+    log(f"rendering {len(qa_items)} held-out + {len(qa_train_items)} training QA, {len(mt_items)} multi-turn, "
+        f"{len(tr_items)} translation utterances ({c.voices} voices)")
     sets = {"qa": [q.question for q in qa_items], "multiturn": [m.question for m in mt_items],
             "translation": [t.en for t in tr_items], "qa_train": [q.question for q in qa_train_items]}
     waves, metas = {}, {}

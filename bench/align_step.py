@@ -32,7 +32,7 @@ Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unch
                                            267.5 ms/step, 200 TFLOP/s: MFU 0.288 of the
                                            measured 696 TFLOP/s peak (0.203 of the 989 data
                                            sheet); compile 144.5 s
-Not profiled yet (the session's GPU time ran out); batch 4 and 16 did not finish inside it.
+Not profiled yet (the session's GPU time ran out); batch 4 and 16 ran out their time limits.
 """
 from __future__ import annotations
 
