@@ -135,8 +135,7 @@ def compiled_step(task, config, mesh, host_batch: dict):
     with jax.set_mesh(mesh), sharding.axis_rules():
         compiled = step.lower(state, task.frozen, batch).compile()
     print(f"  compiled the step in {time.perf_counter() - t0:.1f}s", flush=True)
-    cost = compiled.cost_analysis()
-    flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    flops = loop.compiled_flops(compiled)
     if task.uncounted_flops is not None:
         flops += task.uncounted_flops(batch)
     holder = {"state": state}

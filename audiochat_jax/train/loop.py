@@ -256,6 +256,12 @@ def _log_compiled(compiled, seconds: float, log) -> float:
             f"output {mem.output_size_in_bytes / 2**20:.1f} MiB (aliased {mem.alias_size_in_bytes / 2**20:.1f} MiB)")
     else:
         log(f"compiled train step in {seconds:.1f}s")
+    return compiled_flops(compiled)
+
+
+def compiled_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled executable, per device (0 if the backend gives none);
+    a scanned layer stack's body is counted once (``Task.uncounted_flops`` adds the rest)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", 0.0))
