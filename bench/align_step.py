@@ -74,7 +74,7 @@ def matmul_peak(n: int = 2048, reps: int = 5, m: int | None = None, k: int | Non
     return 2 * m * k * n / statistics.median(times)
 
 
-def write_mini_models(root: str, vocab_size: int = 1000, dtype: str = "bfloat16") -> dict:
+def write_mini_models(root: str, vocab_size: int = 1000, dtype: str = "float32") -> dict:
     """Random mini-sized LLM + conformer model directories, a tokenizer and a responses file."""
     from audiochat_jax import model_dir
     from audiochat_jax.audio.features import FeatureConfig

@@ -276,14 +276,25 @@ def test_error_rates_count_word_and_character_edits():
 def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient_is_right():
     """The dw_striding stem's depthwise conv: same outputs as nn.Conv(feature_group_count=c),
     and on a (2,2,2) mesh the same kernel gradient as on one device (XLA's SPMD partitioner
-    got the grouped strided conv's kernel gradient wrong; see DepthwiseConv2D)."""
-    from audiochat_jax.models.conformer import ConvSubsampling, DepthwiseConv2D
+    got the grouped strided conv's kernel gradient wrong; see DepthwiseConv)."""
+    from audiochat_jax.models.conformer import ConvSubsampling, DepthwiseConv
 
-    dw = DepthwiseConv2D(8, 3, 2, (1, 1))
+    dw = DepthwiseConv(8, (3, 3), (2, 2), ((1, 1), (1, 1)), ("conv_k", None, "conv_in", "conv_out"))
     x = jnp.asarray(np.random.RandomState(1).randn(3, 17, 12, 8), jnp.float32)
     params = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw.init(jax.random.key(1), x)))
     ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8).apply(params, x)
     np.testing.assert_allclose(dw.apply(params, x), ref, atol=1e-5)
+
+    # The convolution module's 1-D depthwise conv (31 taps, 'same' padding): outputs and the
+    # gradients of input and kernel equal the grouped conv's.
+    dw1 = DepthwiseConv(6, (31,), (1,), ((15, 15),), ("conv_k", "conv_in", "embed"))
+    x1 = jnp.asarray(np.random.RandomState(2).randn(2, 40, 6), jnp.float32)
+    p1 = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw1.init(jax.random.key(2), x1)))
+    conv1 = nn.Conv(6, (31,), padding=((15, 15),), feature_group_count=6)
+    sq = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
+    np.testing.assert_allclose(dw1.apply(p1, x1), conv1.apply(p1, x1), atol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.grad(sq(dw1), (0, 1))(p1, x1)), jax.tree.leaves(jax.grad(sq(conv1), (0, 1))(p1, x1))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
     cfg = ConformerConfig(n_mels=16, d_model=32, n_layers=1, n_heads=2, ffn_dim=64, subsampling="dw_striding",
                           subsampling_factor=4, subsampling_channels=8, vocab_size=5)
