@@ -5,13 +5,15 @@
 
 Builds the real ``align`` task (train/align.py) on random mini-world-sized models written to a
 temporary directory — the frozen LLM (d=128, 4 layers, vocab 1000), the conformer of
-configs/conformer_mini.py (d=144, 4 blocks, 32-channel subsampling) and an MLP projector —
-and times the real jitted, donated train step of the shared loop (train/loop.py) on one
-device: log-mel, encoder, projector, splice, frozen-LLM forward + backward to the audio
-embeddings, AdamW. FLOPs per step are XLA's count for the compiled step (``cost_analysis``).
-The peak is measured in the same run: a jitted 2048^3 matmul, the faster of float32 and
-bfloat16 inputs (float32 accumulation), median of 5, before and after the step timing.
-Prints step time, achieved GFLOP/s, the peak, and MFU = achieved / peak (target >= 0.5).
+configs/conformer_mini.py (d=144, 4 blocks, 32-channel subsampling) and an MLP projector, in
+float32 as the mini world trains them — and times the real jitted, donated train step of the
+shared loop (train/loop.py) on one device: log-mel, encoder, projector, splice, frozen-LLM
+forward + backward to the audio embeddings, AdamW. FLOPs per step are XLA's count for the
+compiled step (``cost_analysis``). The peak is measured in the same run: a jitted 2048^3
+matmul, the faster of float32 and bfloat16 inputs (float32 accumulation), median of 5, before
+and after the step timing. Prints step time, achieved GFLOP/s, the peak, and MFU = achieved /
+peak (target >= 0.5). ``--profile DIR`` then traces 3 steps into DIR and prints op time by
+model part (train/profile.py; docs/performance.md reads one).
 
     python bench/align_step.py --config configs/llama2_7b_chat.py:8xh100 --seconds 10
 
@@ -23,16 +25,19 @@ overrides) and ``--llm_layers`` to cut the depth. FLOPs = XLA's count + the scan
 counts once (``task.uncounted_flops``, as the trainer's MFU). On a GPU the peak is measured
 with 8192^3 bf16 matmuls (``--peak_n``), and the chip's data-sheet peak is printed beside it.
 
-Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unchanged):
-  2-core dev CPU, mini, batch 16 x 3 s     MFU 0.16-0.22 of its ~125 GFLOP/s matmul peak
+Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unchanged; all in
+docs/performance.md):
+  2-core dev CPU, mini, f32, batch 16 x 3 s  555-593 ms/step, 43-46 GFLOP/s: MFU 0.26 (was
+                                           914 ms, 0.248, before the depthwise convs were
+                                           fused slices; the machine is noisy, +-20%)
   one H100 80GB HBM3, mini, batch 16 x 3 s 9.0 ms/step, 2.7 TFLOP/s: MFU 0.004 (a 1M-param
                                            LLM cannot fill a GPU; the step is launch-bound)
   one H100, --config configs/llama2_7b_chat.py:8xh100 (6.74B frozen, 32 scanned layers,
   remat dots_no_batch, paper conformer d=512 x 16), batch 8 x 10 s
                                            267.5 ms/step, 200 TFLOP/s: MFU 0.288 of the
                                            measured 696 TFLOP/s peak (0.203 of the 989 data
-                                           sheet); compile 144.5 s
-Not profiled yet (the session's GPU time ran out); batch 4 and 16 ran out their time limits.
+                                           sheet); compile 144.5 s (before the depthwise change)
+Not profiled on a GPU yet; batch 4 and 16 ran out their time limits.
 """
 from __future__ import annotations
 
@@ -145,6 +150,7 @@ def compiled_step(task, config, mesh, host_batch: dict):
             holder["state"], m = compiled(holder["state"], task.frozen, batch)
         return m["loss"]
 
+    run.hlo = compiled.as_text()  # for --profile: HLO instruction -> source op name
     return run, flops
 
 
@@ -217,6 +223,18 @@ def time_steps(run, steps: int) -> list[float]:
     return times
 
 
+def profile_steps(run, out_dir: str, steps: int = 3) -> None:
+    """Traces ``steps`` steps into ``out_dir`` (TensorBoard's profile plugin or ui.perfetto.dev)
+    and prints each model part's op time per step (train/profile.py)."""
+    from audiochat_jax.train import profile
+    jax.profiler.start_trace(out_dir, create_perfetto_trace=True)
+    for _ in range(steps):
+        jax.block_until_ready(run())
+    jax.profiler.stop_trace()
+    print(f"profile of {steps} steps in {out_dir}")
+    print(profile.format_parts(profile.op_time_by_part(out_dir, [run.hlo], steps)))
+
+
 def main():
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a long compile/step is
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +246,8 @@ def main():
                    help="padded audio length per utterance (default: 3 for mini, 10 with --config)")
     p.add_argument("--llm_layers", type=int, default=0, help="with --config: LLM depth (0 = the config's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="also trace 3 steps into DIR (TensorBoard / Perfetto) and print op time by model part")
     p.add_argument("--peak_n", type=int, default=0,
                    help="square matmul size for the peak (default: 8192 on a GPU/TPU, 2048 on CPU)")
     args = p.parse_args()
@@ -246,12 +266,16 @@ def main():
     if args.config:
         run, flops, batch_size, what = make_config_step(args.config, args.batch_size, samples, args.llm_layers)
         times = time_steps(run, args.steps)
+        if args.profile:
+            profile_steps(run, args.profile)
     else:
         batch_size = args.batch_size or 16
         what = f"mini sizes (LLM d=128 x 4, conformer d=144 x 4), batch {batch_size}"
         with tempfile.TemporaryDirectory() as root:
             run, flops = make_align_step(root, batch_size, samples)
             times = time_steps(run, args.steps)
+            if args.profile:
+                profile_steps(run, args.profile)
     print(f"{what}: built, compiled and ran {args.steps + 1} steps in {time.perf_counter() - t0:.1f}s; "
           f"FLOPs/step {flops / 1e9:.2f} G")
     peak = max(peak_before, square_peak())  # before and after: the machine is shared and noisy
@@ -271,7 +295,7 @@ def main():
         return
     # Is the model's GEMM shape the limit? Its thin matmuls (width 128-576), measured the same
     # way: on the 2-core dev machine they ran at 0.5-1.4x the square peak (f32; noisy), while
-    # the step reached ~0.22 of it, so most of the gap is the step's non-matmul work (log-mel
+    # the step reached ~0.25 of it, so most of the gap is the step's non-matmul work (log-mel
     # FFT, conv stem, depthwise convs, CTC, norms, softmax, AdamW), not the GEMM shapes.
     tokens = batch_size * (int(seconds * 100) // 8 + 80)
     for name, (m, k, n) in {"LLM ffn [tokens,128]x[128,384]": (tokens, 128, 384),

@@ -3,7 +3,7 @@
     python -m audiochat_jax.pipeline --config configs/mini.py --workdir work/mini
 
 runs every missing stage — corpus -> tokenizer -> lm -> speech -> ctc -> responses -> align
--> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 24
+-> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 22-24
 minutes on 2 quiet CPU cores (measured; docs/mini_world.md has the stage times), ending in
 work/mini/evaluate/ (markdown report, plots, JSON).
 One stage's trainer config alone (paths resolved inside WORKDIR) also runs on its own:
@@ -109,9 +109,9 @@ def _ctc(smoke: bool, encoder_kind: str = "conformer") -> ml_collections.ConfigD
     # noise (CER ~70% at 10 dB in a probe).
     c.ctc.noise_prob = 0.5
     c.ctc.noise_snr_db = (5.0, 30.0)
-    # 0.34 s/step at batch 8 on 2 quiet cores (32-channel stem, see configs/conformer_mini.py).
+    # 0.24 s/step at batch 8 on 2 quiet cores (32-channel stem, see configs/conformer_mini.py).
     # Same compute, more updates: batch 8 x 1000 steps reached CER 4.6% / WER 16.6% on
-    # test_seen where batch 16 x 500 reached 6.8% / 23.8%. 800 steps: ~5.5 min of the budget.
+    # test_seen where batch 16 x 500 reached 6.8% / 23.8%. 800 steps: ~4 min of the budget.
     c.total_steps = 800
     c.ctc.eval_batches = 20  # 160 clips per test split: CER/WER to about +-1 point, half the time
     c.batch_size = 8

@@ -21,7 +21,7 @@ import optax
 from ml_collections import config_dict
 
 from audiochat_jax.parallel import sharding
-from audiochat_jax.train import checkpoint, metrics, optimizer, tasks
+from audiochat_jax.train import checkpoint, metrics, optimizer, profile, tasks
 from audiochat_jax.train.state import TrainState
 
 # ---------------------------------------------------------------------------------------
@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=1e-3, warmup_steps=0, end_lr_ratio=0.1, b1=0.9, b2=0.98, eps=1e-8,
         weight_decay=0.01, clip_norm=1.0, frozen_patterns=()))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    # Trace steps [start_step, start_step + steps) into WORKDIR/profile and log their op time
+    # by model part (train/profile.py); steps=0: off.
+    c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0))
     return c
 
 
@@ -351,6 +354,7 @@ def train(config, workdir: str) -> dict:
 
     writer = metrics.MetricsWriter(os.path.join(workdir, "tensorboard"), config.total_steps, start,
                                    config.log_every, peak_flops=config.peak_flops)
+    tracer = profile.StepTrace(os.path.join(workdir, "profile"), config.profile.start_step, config.profile.steps)
     watch = checkpoint.PreemptionWatch(ckpt.manager)
     result = {"status": "done", "step": start, "train": {}, "eval": {}}
 
@@ -370,6 +374,7 @@ def train(config, workdir: str) -> dict:
             compile_for(state, batch)  # later buckets compile (and are logged) on first sight
         writer.restart_clock()
         while step < config.total_steps:
+            tracer.before(step + 1)
             state, step_metrics = compile_for(state, batch)(state, task.frozen, batch)
             step += 1
             step_data_state = data_state
@@ -379,6 +384,10 @@ def train(config, workdir: str) -> dict:
             if logged:
                 result["train"] = logged
             streak = int(state.nonfinite_streak)
+            t0 = time.perf_counter()
+            if table := tracer.after(step, lambda: [c.as_text() for c in compiled.values()]):
+                log(table)
+                writer.exclude(time.perf_counter() - t0)  # writing the trace is not step time
             if streak >= config.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{streak} consecutive steps (up to step {step}) had a non-finite loss or "
@@ -405,6 +414,7 @@ def train(config, workdir: str) -> dict:
             log(f"exported params to {out_dir}")
         return result
     finally:
+        tracer.close()
         watch.close()
         writer.close()
         ckpt.close()

@@ -1,0 +1,124 @@
+"""Where a train step's time goes: a jax.profiler trace, summed by the model part of each op.
+
+The trainer traces ``config.profile.steps`` steps from ``config.profile.start_step`` into
+``WORKDIR/profile`` (open it with TensorBoard's profile plugin or ui.perfetto.dev) and logs
+the op time per step by model part; ``bench/align_step.py --profile DIR`` does the same for
+the bench's step. A part is the Flax module path that issued the op, with ``layers_N`` merged
+(``AudioEmbedder/encoder/conv/depthwise_conv``) and `` bwd`` for the backward pass; XLA:CPU
+runs independent ops side by side, so the parts can sum to more than the step's wall time.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Callable
+
+import jax
+
+STEP_OPS = "(step: loss, optimizer, ...)"  # ops issued outside any module
+UNNAMED = "(no source op: XLA's copies, layouts, fused gradients)"  # no op_name metadata
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the JAX op name in its metadata (a fusion: its first fused op's)."""
+    bodies, current = {}, None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if head and not line.startswith(" "):
+            current = bodies.setdefault(head.group(1), [])
+        elif current is not None:
+            current.append(line)
+    lines = {m.group(1): line for body in bodies.values() for line in body
+             if (m := re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = ", line))}
+    names = {}
+    for inst, line in lines.items():
+        found = re.search(r'op_name="([^"]+)"', line)
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        if not found and called:
+            found = next((m for x in bodies.get(called.group(1), []) if (m := re.search(r'op_name="([^"]+)"', x))), None)
+        names[inst] = found.group(1) if found else ""
+    return names
+
+
+def model_part(op_name: str) -> str:
+    """'jit(step)/transpose(jvp(AudioEmbedder))/encoder/layers_2/conv/depthwise_conv/slice' ->
+    'AudioEmbedder/encoder/conv/depthwise_conv bwd': the module path (layers merged, einsum
+    specs and wrappers dropped, at most 4 deep), `` bwd`` for the backward pass."""
+    if not op_name:
+        return UNNAMED
+    head, _, rest = op_name.partition("/")
+    if rest.startswith("(") and ":" in rest:  # ops XLA combined, "(a/op:b/op:...)": the first's
+        op_name = head + "/" + rest[1:].split(":")[0]
+    backward = "transpose(" in op_name
+    parts = [re.sub(r"transpose\(|jvp\(|jit\(|vmap\(|\)", "", p) for p in op_name.split("/")[1:-1]]
+    parts = [p for p in parts if p and "->" not in p and "," not in p
+             and not re.fullmatch(r"layers_\d+|checkpoint|rematted_computation|_where|_pad", p)]
+    return ("/".join(parts[:4]) or STEP_OPS) + (" bwd" if backward else "")
+
+
+def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, float]]:
+    """``[(part, ms per step)]``, largest first, from the newest trace under ``trace_dir``
+    (written with ``create_perfetto_trace=True``) of ``steps`` steps of the executables whose
+    HLO texts are ``hlo_texts``."""
+    traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not traces:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: was the trace written "
+                                "with jax.profiler.start_trace(..., create_perfetto_trace=True)?")
+    with gzip.open(max(traces, key=os.path.getmtime)) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    names = {}
+    for text in hlo_texts:
+        names.update(hlo_op_names(text))
+    busy = collections.Counter()
+    for e in events:
+        if e["name"] in names:  # an HLO op (thunk) of the step; not runtime/Python events
+            busy[model_part(names[e["name"]])] += e["dur"] / 1e3 / steps
+    return busy.most_common()
+
+
+def format_parts(rows: list[tuple[str, float]], top: int = 25) -> str:
+    """The table the trainer logs and the bench prints."""
+    total = sum(ms for _, ms in rows) or 1.0
+    lines = [f"op time per step by model part ({total:.0f} ms in all; ops that overlap each count):"]
+    lines += [f"  {ms:8.1f} ms  {ms / total:5.1%}  {part}" for part, ms in rows[:top]]
+    if len(rows) > top:
+        lines.append(f"  {sum(ms for _, ms in rows[top:]):8.1f} ms  in {len(rows) - top} more parts")
+    return "\n".join(lines)
+
+
+class StepTrace:
+    """Traces steps ``[start_step, start_step + steps)`` of a training run (1-based step numbers,
+    as logged) into ``out_dir`` and returns the table when the last one has finished."""
+
+    def __init__(self, out_dir: str, start_step: int, steps: int):
+        self.out_dir, self.first, self.steps = out_dir, max(1, start_step), steps
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Call before dispatching step ``step``."""
+        if self.steps > 0 and step == self.first and not self.active:
+            os.makedirs(self.out_dir, exist_ok=True)
+            jax.profiler.start_trace(self.out_dir, create_perfetto_trace=True)
+            self.active = True
+
+    def after(self, step: int, hlo_texts: Callable[[], list[str]]) -> str | None:
+        """Call once step ``step`` has finished (its outputs read back); ``hlo_texts()`` gives
+        the HLO of the step's executables (called only at the end of the window). Returns
+        the table after the last traced step, else None."""
+        if not self.active or step < self.first + self.steps - 1:
+            return None
+        jax.profiler.stop_trace()
+        self.active = False
+        table = format_parts(op_time_by_part(self.out_dir, hlo_texts(), self.steps))
+        with open(os.path.join(self.out_dir, "op_time_by_part.txt"), "w") as f:
+            f.write(table + "\n")
+        return f"profile of steps {self.first}-{step} in {self.out_dir}\n{table}"
+
+    def close(self) -> None:
+        if self.active:  # the run ended inside the window
+            jax.profiler.stop_trace()
+            self.active = False
