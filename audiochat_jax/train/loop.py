@@ -354,7 +354,13 @@ def train(config, workdir: str) -> dict:
 
     writer = metrics.MetricsWriter(os.path.join(workdir, "tensorboard"), config.total_steps, start,
                                    config.log_every, peak_flops=config.peak_flops)
-    tracer = profile.StepTrace(os.path.join(workdir, "profile"), config.profile.start_step, config.profile.steps)
+    # One directory per process: each host traces its own devices.
+    profile_dir = os.path.join(workdir, "profile", *([f"process_{jax.process_index()}"] if jax.process_count() > 1 else []))
+    tracer = profile.StepTrace(profile_dir, config.profile.start_step, config.profile.steps)
+    if config.profile.steps and not start < config.profile.start_step <= config.total_steps - config.profile.steps + 1:
+        log(f"warning: config.profile traces steps {config.profile.start_step}-"
+            f"{config.profile.start_step + config.profile.steps - 1}, but this run goes from step "
+            f"{start + 1} to {config.total_steps}: no profile will be written")
     watch = checkpoint.PreemptionWatch(ckpt.manager)
     result = {"status": "done", "step": start, "train": {}, "eval": {}}
 
