@@ -28,8 +28,8 @@ with 8192^3 bf16 matmuls (``--peak_n``), and the chip's data-sheet peak is print
 Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unchanged; all in
 docs/performance.md):
   2-core dev CPU, mini, f32, batch 16 x 3 s  555-793 ms/step, 32-46 GFLOP/s: MFU 0.23-0.29
-                                           (grouped depthwise convs, paired runs: 895 and 1041
-                                           ms; the machine is noisy)
+                                           (before the depthwise convs became slices: 895 and
+                                           1041 ms in paired runs; the machine is noisy)
   one H100 80GB HBM3, mini, batch 16 x 3 s 9.0 ms/step, 2.7 TFLOP/s: MFU 0.004 (a 1M-param
                                            LLM cannot fill a GPU; the step is launch-bound)
   one H100, --config configs/llama2_7b_chat.py:8xh100 (6.74B frozen, 32 scanned layers,
