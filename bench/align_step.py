@@ -150,7 +150,7 @@ def compiled_step(task, config, mesh, host_batch: dict):
             holder["state"], m = compiled(holder["state"], task.frozen, batch)
         return m["loss"]
 
-    run.hlo = compiled.as_text()  # for --profile: HLO instruction -> source op name
+    run.compiled = compiled  # for --profile: its HLO maps trace ops to source op names
     return run, flops
 
 
@@ -225,14 +225,14 @@ def time_steps(run, steps: int) -> list[float]:
 
 def profile_steps(run, out_dir: str, steps: int = 3) -> None:
     """Traces ``steps`` steps into ``out_dir`` (TensorBoard's profile plugin or ui.perfetto.dev)
-    and prints each model part's op time per step (train/profile.py)."""
+    and prints each model part's op time per step, as the trainer's config.profile does."""
     from audiochat_jax.train import profile
-    jax.profiler.start_trace(out_dir, create_perfetto_trace=True)
-    for _ in range(steps):
+    tracer = profile.StepTrace(out_dir, 1, steps)
+    for step in range(1, steps + 1):
+        tracer.before(step)
         jax.block_until_ready(run())
-    jax.profiler.stop_trace()
-    print(f"profile of {steps} steps in {out_dir}")
-    print(profile.format_parts(profile.op_time_by_part(out_dir, [run.hlo], steps)))
+        table = tracer.after(step, lambda: [run.compiled.as_text()])
+    print(table)
 
 
 def main():

@@ -58,7 +58,7 @@ def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsy
         holder["p"] = compiled(holder["p"], x)
         return holder["p"]
 
-    run.hlo = compiled.as_text()
+    run.compiled = compiled
     bench.profile_steps(run, str(tmp_path), steps=2)
     rows = _rows(capsys.readouterr().out)
     parts = [r[3] for r in rows]
