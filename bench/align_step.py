@@ -37,7 +37,11 @@ docs/performance.md):
                                            267.5 ms/step, 200 TFLOP/s: MFU 0.288 of the
                                            measured 696 TFLOP/s peak (0.203 of the 989 data
                                            sheet); compile 144.5 s (before the depthwise change)
-Not profiled on a GPU yet; batch 4 and 16 ran out their time limits.
+                                           261.7 ms/step, 204.8 TFLOP/s: MFU 0.295 of 693.7
+                                           (depthwise convs as slices); compile 158.5 s warm,
+                                           over 200 s on a fresh machine
+GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
+are not named in the trace; docs/performance.md), and time steps without it.
 """
 from __future__ import annotations
 
@@ -182,10 +186,38 @@ def random_like(abstract, seed: int = 0):
     return jax.tree.unflatten(treedef, make(keys))
 
 
-def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers: int = 0):
+def apply_overrides(config, overrides: list[str]) -> list[str]:
+    """``["llm.attention_impl=cudnn", ...]`` set on ``config`` (the trainer's ``--config.x=y``),
+    each value parsed as the field's current type; returns them as ``key=value`` for the log."""
+    done = []
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        node, *path = [config] + key.split(".")
+        try:
+            for name in path[:-1]:
+                node = node[name]
+            current = node[path[-1]]
+        except (KeyError, AttributeError):
+            raise SystemExit(f"--set {item}: the config has no field {key!r}") from None
+        if not eq:
+            raise SystemExit(f"--set {item}: write KEY=VALUE, e.g. --set llm.attention_impl=cudnn")
+        if isinstance(current, bool):
+            value = text.lower() in ("1", "true", "yes")
+        elif current is None or isinstance(current, str):
+            value = text
+        else:
+            value = type(current)(text)
+        node[path[-1]] = value
+        done.append(f"{key}={value}")
+    return done
+
+
+def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers: int = 0,
+                     overrides: list[str] = ()):
     """``(run, flops, batch_size, description)`` of a slice config's align step on one device: its frozen
     LLM with random weights, its plan encoder, per-device batch (``batch_size`` 0 = the
-    config's), ``samples`` of audio, ``llm_layers`` (0 = the config's depth)."""
+    config's), ``samples`` of audio, ``llm_layers`` (0 = the config's depth), ``overrides``
+    (``--set``) applied to the config."""
     import dataclasses
     from audiochat_jax import plan
     from audiochat_jax.parallel import sharding
@@ -196,6 +228,7 @@ def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers:
     config.batch_size, config.mesh_shape = batch_size or per_device, (1, 1, 1)
     if llm_layers:
         config.llm.n_layers = llm_layers
+    changed = apply_overrides(config, list(overrides))
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     t0 = time.perf_counter()
     task, llm_cfg = plan.abstract_task(config, mesh)
@@ -208,7 +241,8 @@ def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers:
     n_llm = sum(x.size for x in jax.tree.leaves(task.frozen))
     description = (f"{config_arg}: frozen LLM {n_llm / 1e9:.2f}B params ({llm_cfg.n_layers} layers, d={llm_cfg.dim}, "
                    f"{llm_cfg.dtype}, remat {llm_cfg.remat_policy or 'none'}), paper conformer "
-                   f"d={config.plan.encoder.d_model} x {config.plan.encoder.n_layers}, batch {config.batch_size}")
+                   f"d={config.plan.encoder.d_model} x {config.plan.encoder.n_layers}, batch {config.batch_size}"
+                   + "".join(f", {c}" for c in changed))
     return run, flops, config.batch_size, description
 
 
@@ -245,12 +279,17 @@ def main():
     p.add_argument("--seconds", type=float, default=0.0,
                    help="padded audio length per utterance (default: 3 for mini, 10 with --config)")
     p.add_argument("--llm_layers", type=int, default=0, help="with --config: LLM depth (0 = the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --config: override a config field, as the trainer's --config.KEY=VALUE "
+                        "(repeatable), e.g. --set llm.attention_impl=cudnn --set align.llm_remat_policy=none")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="also trace 3 steps into DIR (TensorBoard / Perfetto) and print op time by model part")
     p.add_argument("--peak_n", type=int, default=0,
                    help="square matmul size for the peak (default: 8192 on a GPU/TPU, 2048 on CPU)")
     args = p.parse_args()
+    if args.set and not args.config:
+        p.error("--set needs --config (the mini sizes are built here, not from a config)")
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
     print(f"device: {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs visible, jax {jax.__version__}")
@@ -264,7 +303,7 @@ def main():
     samples = int(seconds * 16000)
     t0 = time.perf_counter()
     if args.config:
-        run, flops, batch_size, what = make_config_step(args.config, args.batch_size, samples, args.llm_layers)
+        run, flops, batch_size, what = make_config_step(args.config, args.batch_size, samples, args.llm_layers, args.set)
         times = time_steps(run, args.steps)
         if args.profile:
             profile_steps(run, args.profile)

@@ -118,6 +118,33 @@ def test_scan_layers_and_remat_give_same_logits_and_grads(tiny_params, plain_ref
     np.testing.assert_allclose(grad, ref_grad, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed_segments"])
+def test_fused_attention_settings_pad_odd_lengths_without_changing_outputs(tiny_params, packed):
+    """attention_impl "cudnn"/"auto": an odd length gets one masked slot (cuDNN's fused attention
+    trains only even lengths). On CPU "auto" runs XLA's attention, so the padded path is
+    compared with "xla" here: same logits and input gradients on every real token."""
+    tokens = np.random.RandomState(6).randint(0, 61, (2, 7)).astype(np.int32)
+    mask = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1]], bool)
+    seg = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]], np.int32) if packed else None
+    pos = _positions(mask) if not packed else np.array([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 0, 1]], np.int32)
+    emb = jax.jit(lambda t: Llama(TINY).apply({"params": tiny_params}, t, method=Llama.embed))(tokens)
+
+    def run(impl):
+        def f(e):
+            out = Llama(TINY.replace(attention_impl=impl)).apply(
+                {"params": tiny_params}, embeddings=e, positions=pos, mask=mask, segment_ids=seg)
+            return (out * mask[..., None]).sum(), out
+        (_, logits), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(emb)
+        return np.asarray(logits), np.asarray(grad), str(jax.make_jaxpr(f)(emb))
+
+    ref_logits, ref_grad, ref_jaxpr = run("xla")
+    logits, grad, jaxpr = run("auto")
+    assert "f32[2,8,32]" in jaxpr and "f32[2,8,32]" not in ref_jaxpr  # the padded slot exists
+    assert logits.shape == ref_logits.shape == (2, 7, TINY.vocab_size)
+    np.testing.assert_allclose(logits[mask], ref_logits[mask], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 def test_kv_cache_decode_equals_full_forward(tiny_params, scan):
     cfg = TINY.replace(scan_layers=scan)

@@ -1,12 +1,14 @@
 """Step profiles (train/profile.py): a jax.profiler trace of a jitted train step is read back
 and its op time attributed to the model parts that issued the ops, forward and backward —
-from the trainer (config.profile) and from bench/align_step.py --profile."""
+from the trainer (config.profile) and from bench/align_step.py --profile; GPU traces; the
+bench's --set overrides."""
 import importlib.util
 import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from audiochat_jax.train import loop, profile
 from test_train_loop import small_config
@@ -21,6 +23,11 @@ def test_model_part_merges_layers_and_marks_the_backward_pass():
     assert part("jit(step)/jvp(Llama.hidden_states)/layers_3/mlp/bld,df->blf/dot_general") == \
         "Llama.hidden_states/mlp"
     assert part("jit(step)/jvp(jit(log_mel))/jit(fft)/fft") == "log_mel/fft"
+    # scanned layers (nn.scan's while loop) with remat: the recomputed forward is its own part
+    scanned = "jit(step)/transpose(jvp(Llama))/Llama.hidden_states/while/body/closed_call/checkpoint/"
+    assert part(scanned + "layers/mlp/bld,df->blf/dot_general") == "Llama.hidden_states/layers/mlp bwd"
+    assert part(scanned + "rematted_computation/layers/attn/vmap()/exp") == "Llama.hidden_states/layers/attn remat"
+    assert part("checkpoint/rematted_computation/layers/attn/vmap()/reduce_sum") == "layers/attn remat"
     assert part("jit(step)/div") == profile.STEP_OPS
     assert part("") == profile.UNNAMED
     # ops XLA combined (e.g. gradient all-reduces): named after the first
@@ -40,10 +47,31 @@ def _rows(table: str) -> list[list[str]]:
     return [line.split() for line in table.splitlines() if line.startswith("  ") and "more parts" not in line]
 
 
-def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsys):
+def _bench():
     spec = importlib.util.spec_from_file_location("align_step_bench", _BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_set_overrides_config_fields_as_their_types():
+    """bench/align_step.py --set KEY=VALUE, used to time variants of a slice config's step."""
+    import ml_collections
+    bench = _bench()
+    config = ml_collections.ConfigDict(dict(llm=dict(attention_impl="xla", n_layers=32, scan_layers=True),
+                                            align=dict(llm_remat_policy="dots_no_batch", kl_weight=0.0)))
+    done = bench.apply_overrides(config, ["llm.attention_impl=cudnn", "llm.n_layers=4", "llm.scan_layers=false",
+                                          "align.kl_weight=0.5"])
+    assert (config.llm.attention_impl, config.llm.n_layers, config.llm.scan_layers, config.align.kl_weight) == \
+        ("cudnn", 4, False, 0.5)
+    assert done[1] == "llm.n_layers=4"
+    for bad, says in [("llm.attn_impl=cudnn", "no field 'llm.attn_impl'"), ("llm.n_layers", "KEY=VALUE")]:
+        with pytest.raises(SystemExit, match=says):
+            bench.apply_overrides(config, [bad])
+
+
+def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsys):
+    bench = _bench()
     net, x = _Net(), jnp.ones((512, 64))
     params = net.init(jax.random.key(0), x)
 
@@ -76,3 +104,28 @@ def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
     rows = _rows((tmp_path / "profile" / "op_time_by_part.txt").read_text())
     parts = {" ".join(r[3:]) for r in rows}
     assert {"MLP", "MLP bwd"} <= parts, rows   # the toy MLP's forward and its gradient
+
+
+def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
+    """On a GPU the host thread logs each op's launch and the device process its kernels (a
+    GEMM's kernel named by cuBLAS, the HLO op in args.hlo_op): only device time is summed."""
+    import gzip
+    import json
+    hlo = ('ENTRY %main {\n'
+           '  %custom-call.1 = f32[8] custom-call(), metadata={op_name="jit(step)/jvp(Llama)/mlp/dot_general"}\n'
+           '  %fusion.2 = f32[8] fusion(), metadata={op_name="jit(step)/transpose(jvp(Llama))/mlp/mul"}\n'
+           '}\n')
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 1, "name": "custom-call.1", "dur": 900.0, "args": {"hlo_op": "custom-call.1"}},
+        {"ph": "X", "pid": 2, "name": "sm90_xmma_gemm_bf16", "dur": 4000.0, "args": {"hlo_op": "custom-call.1"}},
+        {"ph": "X", "pid": 2, "name": "fusion.2", "dur": 1000.0, "args": {"hlo_op": "fusion.2"}},
+        {"ph": "X", "pid": 2, "name": "memcpy", "dur": 7000.0, "args": {}},
+    ]
+    with gzip.open(tmp_path / "x.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    rows = profile.op_time_by_part(str(tmp_path), [hlo], steps=2)
+    # the memcpy is device time no step op claims (as CUDA-graph kernels are): its own row
+    assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 3.5}, rows
+    assert profile.NO_COMMAND_BUFFERS in profile.format_parts(rows)  # how to get the graphs' ops

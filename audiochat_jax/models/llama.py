@@ -53,7 +53,8 @@ REMAT_POLICIES = {
 }
 
 # `jax.nn.dot_product_attention(implementation=...)`: "xla" everywhere, "cudnn" fused flash
-# attention on NVIDIA GPUs, "auto" lets JAX pick.
+# attention on NVIDIA GPUs, "auto" lets JAX pick. Not "xla": odd lengths get one masked slot
+# (cuDNN trains only even lengths; see Llama.hidden_states).
 ATTENTION_IMPLS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
@@ -335,6 +336,18 @@ class Llama(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         length = x.shape[1]
         mask = mask.astype(bool)
+        # cuDNN's fused attention has no backward pass for odd lengths (jax 0.11.2 on an H100,
+        # the 7B align step: "Unsupported sequence length Q 261, KV 261"). One more slot at the
+        # end (not a real token; causal attention hides it from the real ones), dropped from the
+        # output, evens it.
+        even_pad = cache is None and cfg.attention_impl != "xla" and length % 2 == 1
+        if even_pad:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
+            positions = jnp.pad(positions, ((0, 0), (0, 1)), mode="edge")
+            mask = jnp.pad(mask, ((0, 0), (0, 1)))
+            if segment_ids is not None:  # the last segment's: its query is never fully masked
+                segment_ids = jnp.pad(segment_ids, ((0, 0), (0, 1)), mode="edge")
+            length += 1
         rope = rotary_tables(positions, cfg.head_dim, cfg.rope_theta)
 
         if cache is None:
@@ -368,7 +381,7 @@ class Llama(nn.Module):
                 layer_caches = (jnp.stack([c[0] for c in new]), jnp.stack([c[1] for c in new]))
         x = self.final_norm(x)
         if cache is None:
-            return x
+            return x[:, :-1] if even_pad else x
         return x, {"k": layer_caches[0], "v": layer_caches[1], "mask": key_mask,
                    "index": index + length}
 
