@@ -100,7 +100,7 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
 
     a = config.align
     llm_cfg = LlamaConfig.from_dict(config.llm.to_dict())
-    llm_cfg = llm_cfg.replace(**{k: v for k, v in (("dtype", a.llm_dtype), ("remat_policy", a.llm_remat_policy)) if v})
+    llm_cfg = llm_cfg.replace(**align.llm_overrides(a))
     if llm_layers is not None:
         llm_cfg = llm_cfg.replace(n_layers=llm_layers, scan_layers=False)
     enc_cfg = ConformerConfig.from_dict(config.plan.encoder.to_dict())

@@ -192,21 +192,29 @@ def apply_overrides(config, overrides: list[str]) -> list[str]:
     done = []
     for item in overrides:
         key, eq, text = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--set {item}: write KEY=VALUE, e.g. --set llm.attention_impl=cudnn")
         node, *path = [config] + key.split(".")
         try:
             for name in path[:-1]:
                 node = node[name]
             current = node[path[-1]]
-        except (KeyError, AttributeError):
+        except (KeyError, AttributeError, TypeError):
             raise SystemExit(f"--set {item}: the config has no field {key!r}") from None
-        if not eq:
-            raise SystemExit(f"--set {item}: write KEY=VALUE, e.g. --set llm.attention_impl=cudnn")
         if isinstance(current, bool):
-            value = text.lower() in ("1", "true", "yes")
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {item}: {key} is a bool: write true or false")
+            value = text.lower() in ("true", "1")
         elif current is None or isinstance(current, str):
             value = text
+        elif isinstance(current, (int, float)):
+            try:
+                value = type(current)(text)
+            except ValueError:
+                raise SystemExit(f"--set {item}: {key} is a {type(current).__name__}") from None
         else:
-            value = type(current)(text)
+            raise SystemExit(f"--set {item}: {key} is a {type(current).__name__}; --set takes "
+                             "strings, numbers and bools (edit the config file for the rest)")
         node[path[-1]] = value
         done.append(f"{key}={value}")
     return done

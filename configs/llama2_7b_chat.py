@@ -22,8 +22,9 @@ Each line's launch command (launch/README.md explains the flags; WORK = a shared
 Paths are required (`--config.align.*_dir`, `responses`); everything else can be overridden,
 e.g. `--config.llm.remat_policy=full`. The `llm` section holds exactly the LlamaConfig fields
 (`LlamaConfig.from_dict(config.llm.to_dict())`), the published dimensions of
-`audiochat_jax.models.llama.LLAMA2_SIZES["7b"]` (Touvron et al. 2023, Table 1); its dtype
-and remat policy are applied to the LLM loaded from align.llm_dir. `plan` is what
+`audiochat_jax.models.llama.LLAMA2_SIZES["7b"]` (Touvron et al. 2023, Table 1); its dtype,
+remat policy and attention_impl (`cudnn`: fused attention on NVIDIA GPUs) are applied to
+the LLM loaded from align.llm_dir. `plan` is what
 `audiochat_jax.plan` compiles with (the paper conformer's shape, chat-template lengths).
 """
 from audiochat_jax import slices

@@ -57,7 +57,8 @@ def test_pod_configs_fit_their_slices(size):
         assert c.peak_flops == CHIPS[c.plan.chip].peak_bf16_flops
         assert c.task == "align" and c.llm.scan_layers
         # The LLM's remat/dtype reach the loaded LLM through align's overrides.
-        assert (c.align.llm_remat_policy, c.align.llm_dtype) == (c.llm.remat_policy, c.llm.dtype)
+        assert (c.align.llm_remat_policy, c.align.llm_dtype, c.align.llm_attention_impl) == \
+            (c.llm.remat_policy, c.llm.dtype, c.llm.attention_impl)
         assert f"configs/llama2_{size}_chat.py:{name}" in module.__doc__
     with pytest.raises(ValueError, match="unknown slice"):
         module.get_config("v9-1")
@@ -67,3 +68,7 @@ def test_override_of_llm_remat_reaches_the_align_section():
     c = _load(os.path.join(REPO, "configs", "llama2_7b_chat.py")).get_config("v4-32")
     c.llm.remat_policy = "full"
     assert c.align.llm_remat_policy == "full"
+    c.llm["attention_impl"] = "cudnn"  # as bench/align_step.py --set writes it
+    assert c.align.llm_attention_impl == "cudnn"
+    from audiochat_jax.train.align import llm_overrides  # what align_task and plan apply on load
+    assert llm_overrides(c.align) == {"dtype": "bfloat16", "remat_policy": "full", "attention_impl": "cudnn"}

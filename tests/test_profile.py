@@ -65,7 +65,8 @@ def test_bench_set_overrides_config_fields_as_their_types():
     assert (config.llm.attention_impl, config.llm.n_layers, config.llm.scan_layers, config.align.kl_weight) == \
         ("cudnn", 4, False, 0.5)
     assert done[1] == "llm.n_layers=4"
-    for bad, says in [("llm.attn_impl=cudnn", "no field 'llm.attn_impl'"), ("llm.n_layers", "KEY=VALUE")]:
+    for bad, says in [("llm.attn_impl=cudnn", "no field 'llm.attn_impl'"), ("llm.n_layers", "KEY=VALUE"),
+                      ("llm.n_layers=four", "is a int"), ("llm.scan_layers=maybe", "write true or false")]:
         with pytest.raises(SystemExit, match=says):
             bench.apply_overrides(config, [bad])
 

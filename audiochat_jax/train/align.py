@@ -32,7 +32,8 @@ system + instruction (must be the responses run's: checked against its provenanc
 present), buckets, max_label_length (transcript tokens), max_response_length,
 ctc_max_label_length, shuffle_buffer, projector (stack, kind, hidden_dim, norm, dtype,
 param_dtype), trainable, ce_weight, kl_weight, kl_temperature,
-ctc_weight, embed_weight, llm_dtype / llm_remat_policy / encoder_dtype ("" = as saved).
+ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / encoder_dtype
+("" = as saved).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
 tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step plus, for a scanned LLM,
@@ -84,7 +85,7 @@ def task_config() -> ml_collections.ConfigDict:
                                                  dtype="float32", param_dtype="float32")),
         trainable="all",
         ce_weight=1.0, kl_weight=0.0, kl_temperature=1.0, ctc_weight=0.0, embed_weight=0.0,
-        llm_dtype="", llm_remat_policy="", encoder_dtype="",
+        llm_dtype="", llm_remat_policy="", llm_attention_impl="", encoder_dtype="",
     ))
 
 
@@ -384,6 +385,14 @@ def _graft(boxed: dict, pretrained: dict, where: str) -> dict:
     return out
 
 
+def llm_overrides(align_config) -> dict:
+    """The LlamaConfig fields the align section sets on the loaded LLM (its non-empty
+    llm_dtype / llm_remat_policy / llm_attention_impl)."""
+    a = align_config
+    return {k: v for k, v in (("dtype", a.llm_dtype), ("remat_policy", a.llm_remat_policy),
+                              ("attention_impl", a.get("llm_attention_impl", ""))) if v}
+
+
 @tasks.register("align")
 def align_task(config, mesh) -> tasks.Task:
     from audiochat_jax.data.responses import load_llm
@@ -394,8 +403,7 @@ def align_task(config, mesh) -> tasks.Task:
 
     # --- The frozen LLM, restored straight onto the mesh -------------------------------
     llm_cfg, llm_params = load_llm(cfg.llm_dir, mesh)
-    llm_cfg = llm_cfg.replace(**{k: v for k, v in (("dtype", cfg.llm_dtype),
-                                                   ("remat_policy", cfg.llm_remat_policy)) if v})
+    llm_cfg = llm_cfg.replace(**llm_overrides(cfg))
     tokenizer = Tokenizer(_tokenizer_path(cfg))
     prefix, suffix = audio_prompt_parts(tokenizer, system=cfg.system or None, instruction=cfg.instruction)
     _check_prompt_matches_responses(cfg.responses, prefix, suffix)
