@@ -390,7 +390,7 @@ def llm_overrides(align_config) -> dict:
     llm_dtype / llm_remat_policy / llm_attention_impl)."""
     a = align_config
     return {k: v for k, v in (("dtype", a.llm_dtype), ("remat_policy", a.llm_remat_policy),
-                              ("attention_impl", a.get("llm_attention_impl", ""))) if v}
+                              ("attention_impl", a.llm_attention_impl)) if v}
 
 
 @tasks.register("align")
