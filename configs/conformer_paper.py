@@ -12,7 +12,9 @@ arg:
               sentencepiece vocabulary + blank.
   nemo_small  NeMo's stt_en_conformer_ctc_small shape: d=176, 4 heads, FFN 704 (4x), 16 blocks,
               kernel 31, 4x striding subsampling with d_model channels; ~13M parameters.
-Both use bfloat16 compute with float32 parameters and full remat of each block.
+Both use bfloat16 compute with float32 parameters, full remat of each block and scanned blocks
+(`scan_layers`: one block compiled instead of 16; the parameters keep the `layers_{i}` layout,
+so a NeMo/HF conversion or an unrolled checkpoint loads as is).
 """
 import ml_collections
 
@@ -35,7 +37,7 @@ def get_config(arg="paper"):
         raise ValueError(f"configs/conformer_paper.py:{arg}: unknown variant; use one of {sorted(VARIANTS)}")
     encoder = ConformerConfig(n_mels=80, xscaling=True, conv_norm="batch_norm", dropout=0.1,
                               attention_dropout=0.1, dtype="bfloat16", param_dtype="float32",
-                              remat_policy="full", **VARIANTS[arg])
+                              remat_policy="full", scan_layers=True, **VARIANTS[arg])
     config = ml_collections.ConfigDict()
     config.encoder = ml_collections.ConfigDict(encoder.to_dict())
     config.features = ml_collections.ConfigDict(FeatureConfig(n_mels=80).to_dict())

@@ -1,5 +1,5 @@
 """Conformer model behaviour: lengths, padding independence, batch-norm masking, remat,
-sharding names, CTC loss vs torch, greedy decoding, a CTC overfit, the CTC vocabulary."""
+scanned blocks, sharding names, CTC loss vs torch, greedy decoding, a CTC overfit, the CTC vocabulary."""
 import itertools
 
 import flax.linen as nn
@@ -159,6 +159,52 @@ def test_every_kernel_is_named_and_a_sharded_forward_matches(n_devices):
                                                  sharding.batch_sharding(mesh, 1)))
         out, _ = fwd(jax.device_put(variables, shardings), feats, lengths)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_scanned_blocks_keep_the_unrolled_layout_outputs_statistics_and_gradients(n_devices):
+    # scan_layers changes how XLA compiles the blocks, not the model: the same stored tree
+    # (names, shapes, logical axes) gives the same logits, batch-norm updates and gradients,
+    # to float32 rounding (the scan body fuses differently), also sharded on 8 devices.
+    unrolled = tiny(n_layers=2, conv_norm="batch_norm", dropout=0.0, attention_dropout=0.0, remat_policy="full")
+    scanned = unrolled.replace(scan_layers=True)
+    feats = jnp.asarray(fx.random_features([48, 30, 41, 48], 16, seed=9))
+    lengths = jnp.array([48, 30, 41, 48])
+    boxes = [jax.eval_shape(ConformerCTC(c).init, jax.random.key(0), feats, lengths) for c in (unrolled, scanned)]
+    names = [jax.tree.map(lambda b: (b.value.shape, b.names) if isinstance(b, nn.Partitioned) else b.shape, t,
+                          is_leaf=lambda x: isinstance(x, nn.Partitioned)) for t in boxes]
+    assert names[0] == names[1] and "layers_1" in boxes[1]["params"]["encoder"]
+    variables = random_variables(unrolled)
+    labels, label_len = jnp.array([[1, 2, 3]] * 4), jnp.array([3, 2, 3, 1])
+
+    def run(cfg):
+        model = ConformerCTC(cfg)
+        (logits, _), stats = jitted_apply(model)(variables, feats, lengths, train=True, mutable=("batch_stats",))
+
+        def loss(params):
+            out, out_len = model.apply({**variables, "params": params}, feats, lengths)
+            return ctc.ctc_loss(out, out_len, labels, label_len, blank_id=11).mean()
+
+        return logits, stats, jax.jit(jax.grad(loss))(variables["params"])
+
+    (l0, s0, g0), (l1, s1, g1) = run(unrolled), run(scanned)
+    np.testing.assert_allclose(l1, l0, atol=1e-5)
+    assert jax.tree.structure(s1) == jax.tree.structure(s0)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g0))
+    assert jax.tree.structure(g1) == jax.tree.structure(g0)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        assert np.abs(a - b).max() <= 1e-5 * scale
+
+    mesh = sharding.make_mesh((2, 2, 2))
+    shardings = sharding.logical_to_sharding(boxes[1], mesh)
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        fwd = jax.jit(lambda v, f, n: ConformerCTC(scanned).apply(v, f, n, train=True, mutable=("batch_stats",)),
+                      in_shardings=(shardings, sharding.batch_sharding(mesh, 3), sharding.batch_sharding(mesh, 1)))
+        (out, _), stats = fwd(jax.device_put(variables, shardings), feats, lengths)
+    np.testing.assert_allclose(out, l0, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(s0)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_ctc_loss_matches_torch_per_example():

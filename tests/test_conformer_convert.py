@@ -38,14 +38,15 @@ def _assert_valid_frames_close(ours, ref, out_len):
     return worst
 
 
-@pytest.mark.parametrize("factor,n_layers", [(8, 2), (4, 1)])
-def test_hf_parakeet_logits_match_transformers_with_padding(tmp_path, factor, n_layers):
+@pytest.mark.parametrize("factor,n_layers,scan", [(8, 2, True), (4, 1, False)])
+def test_hf_parakeet_logits_match_transformers_with_padding(tmp_path, factor, n_layers, scan):
     model = fx.tiny_parakeet(factor=factor, n_layers=n_layers)
     src = fx.save_hf(model, tmp_path / "hf")
-    assert convert.main(["--src", src, "--out", str(tmp_path / "ours")]) == 0
+    assert convert.main(["--src", src, "--out", str(tmp_path / "ours")] + ["--scan_layers"] * scan) == 0
     feats = fx.random_features(LENGTHS, 16)
     ref, ref_len = fx.hf_logits(model, feats, LENGTHS)
     ours, out_len, meta = _our_logits(str(tmp_path / "ours"), feats, LENGTHS)
+    assert meta["config"]["scan_layers"] == scan  # the 2-block model runs scanned
     np.testing.assert_array_equal(out_len, ref_len)
     worst = _assert_valid_frames_close(ours, ref, out_len)
     print(f"factor {factor}: max abs logit diff {worst:.2e}")

@@ -286,8 +286,10 @@ def load_nemo(src: str) -> tuple[ConformerConfig, dict, dict, CharVocab]:
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def convert(src: str, out: str, vocab_path: str | None = None) -> tuple[ConformerConfig, CharVocab]:
-    """Converts ``src`` (HF dir or .nemo) into the model directory ``out``."""
+def convert(src: str, out: str, vocab_path: str | None = None, *, scan_layers: bool = False
+            ) -> tuple[ConformerConfig, CharVocab]:
+    """Converts ``src`` (HF dir or .nemo) into the model directory ``out``; ``scan_layers``
+    marks it to run its blocks scanned (the parameters are the same either way)."""
     if os.path.isdir(src):
         config, variables, features, vocab = load_hf(src)
     elif os.path.isfile(src):
@@ -301,6 +303,7 @@ def convert(src: str, out: str, vocab_path: str | None = None) -> tuple[Conforme
     if vocab.size != config.vocab_size:
         raise ValueError(f"vocabulary has {vocab.size - 1} tokens + blank but the model has {config.vocab_size} "
                          f"classes")
+    config = config.replace(scan_layers=scan_layers)
     conformer.save(out, config, variables, features=features, vocab=vocab.to_dict(), source=os.path.abspath(src))
     return config, vocab
 
@@ -313,9 +316,12 @@ def main(argv=None) -> int:
     parser.add_argument("--src", required=True, help="HF directory (config.json + *.safetensors) or .nemo file")
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--vocab", help="vocabulary override: sentencepiece .model or JSON token list (blank excluded)")
+    parser.add_argument("--scan_layers", "--scan-layers", action="store_true",
+                        help="run the blocks as one scanned block (compiles ~3x faster at 16 blocks; same "
+                             "parameters and outputs; set scan_layers in config.json to change it later)")
     args = parser.parse_args(argv)
     try:
-        config, vocab = convert(args.src, args.out, args.vocab)
+        config, vocab = convert(args.src, args.out, args.vocab, scan_layers=args.scan_layers)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

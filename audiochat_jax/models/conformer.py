@@ -10,7 +10,8 @@ so checkpoint mapping (convert/conformer.py) is name-for-name.
          ("striding": full convs; "dw_striding": first full, then depthwise + pointwise),
          ReLU, time-padding re-zeroed after every conv; flatten (channels, mel') -> Linear
       -> * sqrt(d_model) (xscaling)
-      -> n_layers x ConformerBlock (macaron):
+      -> n_layers x ConformerBlock (macaron), unrolled or (``scan_layers``) one scanned block
+         over the same ``layers_{i}`` parameters:
            x += 0.5 * FF(LN(x)); x += RelPosMHSA(LN(x)); x += Conv(LN(x));
            x += 0.5 * FF(LN(x)); x = LN(x)
       -> frames [batch, out_frames, d_model] (padded frames zeroed), out_lengths [batch]
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiochat_jax import model_dir
+from audiochat_jax.models import layer_stack
 
 KIND = "conformer_ctc"
 
@@ -83,6 +85,9 @@ class ConformerConfig:
     dtype: str = "float32"                 # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"             # "none" | "full" | "dots"
+    # One scanned block (compile time independent of depth) instead of n_layers unrolled; the
+    # parameters keep the unrolled ``layers_{i}`` layout either way (see ConformerEncoder).
+    scan_layers: bool = False
 
     def __post_init__(self):
         def bad(field, why):
@@ -124,6 +129,9 @@ class ConformerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "ConformerConfig":
+        return dataclasses.replace(self, **changes)
 
 
 def subsampled_lengths(lengths, config: ConformerConfig):
@@ -433,10 +441,40 @@ class ConformerEncoder(nn.Module):
         pos = relative_positions(t, cfg.d_model)
         block = ConformerBlock
         if _REMAT[cfg.remat_policy] is not None:
-            block = nn.remat(ConformerBlock, policy=_REMAT[cfg.remat_policy])
-        for i in range(cfg.n_layers):
-            x = block(cfg, not train, name=f"layers_{i}")(x, pos, mask)
+            # prevent_cse is only needed outside scan (scan already blocks CSE across steps).
+            block = nn.remat(ConformerBlock, policy=_REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x = _scanned_blocks(self, block, x, pos, mask, not train)
+        else:
+            for i in range(cfg.n_layers):
+                x = block(cfg, not train, name=f"layers_{i}")(x, pos, mask)
         return jnp.where(mask[..., None], x, 0), lengths
+
+
+def _scanned_blocks(encoder: nn.Module, block: type, x, pos, mask, deterministic: bool) -> jax.Array:
+    """The encoder's blocks as one ``nn.scan``ned block: XLA compiles one block, not n_layers
+    (on the dev CPU the paper conformer's forward + backward compiles about 5 s per unrolled
+    block). ``map_variables`` stacks the stored ``layers_{i}`` parameters (and batch-norm
+    statistics) into the scan's ``layers`` [n_layers, ...] on the way in and unstacks what
+    init or a batch-norm update writes on the way out, so checkpoints, checkpoint conversion
+    and ``top:N`` trainable patterns see the same tree as an unrolled encoder's. Each block
+    draws its own dropout masks (split rngs), not the unrolled blocks' masks."""
+    cfg = encoder.config
+
+    def run(mdl, x):
+        scan = nn.scan(lambda blk, carry: (blk(carry, pos, mask), None),
+                       variable_axes={"params": 0, "batch_stats": 0},
+                       split_rngs={"params": True, "dropout": True}, length=cfg.n_layers,
+                       metadata_params={nn.PARTITION_NAME: layer_stack.LAYER_AXIS})
+        return scan(block(cfg, deterministic, name=layer_stack.LAYER_AXIS, parent=mdl), x)[0]
+
+    def each(fn):
+        return lambda variables: {col: fn(tree) for col, tree in variables.items()}
+
+    mapped = nn.map_variables(run, ["params", "batch_stats"], trans_in_fn=each(layer_stack.stack_layers),
+                              trans_out_fn=each(layer_stack.unstack_layers),
+                              init=encoder.is_initializing(), mutable=True)
+    return mapped(encoder, x)
 
 
 class ConformerCTC(nn.Module):
@@ -461,6 +499,43 @@ class ConformerCTC(nn.Module):
         logits = nn.Dense(cfg.vocab_size, name="ctc_head", kernel_init=_kernel(("embed", "ctc_vocab")),
                           bias_init=_zeros(("ctc_vocab",)), **_dtypes(cfg))(x)
         return logits.astype(jnp.float32), lengths
+
+
+def layer_flops(config: ConformerConfig, frames: int, rows: int) -> float:
+    """Forward FLOPs of one conformer block over ``rows`` sequences of ``frames`` subsampled
+    frames: the feed-forwards (2 x 2 matmuls), the q/k/v/out projections, the scores against
+    keys and relative positions and the weighted sum, the relative-position projection of the
+    2T-1 positions (once per batch, not per row), the convolution module's pointwise matmuls
+    and its depthwise taps (a multiply and an add each). Norms, softmax, activations and
+    dropout are left out: ~2% of a d=144 block's count."""
+    d, t = config.d_model, frames
+    per_frame = 8 * d * config.ffn_dim + 14 * d * d + 2 * config.conv_kernel_size * d
+    return rows * (t * per_frame + _attention_flops(d, t)) + 2.0 * (2 * t - 1) * d * d
+
+
+def _attention_flops(d: int, t: int) -> float:
+    """Per row: scores against keys, against the 2T-1 relative positions, weighted sum."""
+    return 4.0 * t * t * d + 2.0 * t * (2 * t - 1) * d
+
+
+def scanned_flops_uncounted(config: ConformerConfig, frames: int, rows: int, backward: bool) -> float:
+    """FLOPs that XLA's cost analysis misses when the blocks are scanned (``scan_layers``): it
+    counts a while loop's body once, so ``n_layers - 1`` blocks go uncounted (0 unrolled).
+
+    ``backward``: the step also differentiates the blocks (weight and activation gradients,
+    2 forwards' worth, plus what the remat policy recomputes: "full" the forward, "dots" the
+    batched score einsums and the depthwise taps); False when the encoder only runs forward.
+    """
+    if not config.scan_layers:
+        return 0.0
+    forward = layer_flops(config, frames, rows)
+    total = forward
+    if backward:
+        d, t = config.d_model, frames
+        recompute = {"none": 0.0, "full": forward,
+                     "dots": rows * (_attention_flops(d, t) + 2.0 * config.conv_kernel_size * d * t)}
+        total = 3 * forward + recompute[config.remat_policy]
+    return (config.n_layers - 1) * total
 
 
 def init_variables(config: ConformerConfig, rng: jax.Array, frames: int = 64, *, ctc: bool = True) -> dict:

@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiochat_jax.models import layer_stack
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # What the backward pass keeps instead of recomputing (jax.checkpoint_policies).
@@ -255,20 +257,16 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int) -> dict:
 
 def stack_layer_params(params: dict, n_layers: int) -> dict:
     """Unrolled params (``layers_0`` ... ``layers_{n-1}``) -> scanned params (``layers`` with a
-    leading [n_layers] axis). Works on plain arrays (not on ``nn.Partitioned`` boxes)."""
-    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    per_layer = [params[f"layers_{i}"] for i in range(n_layers)]
-    out["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_layer)
-    return out
+    leading [n_layers] axis); models/layer_stack.py, checking the depth."""
+    found = len(layer_stack.layer_keys(params))
+    if found != n_layers:
+        raise ValueError(f"stack_layer_params: the params hold {found} layers, the config {n_layers}")
+    return layer_stack.stack_layers(params)
 
 
 def unstack_layer_params(params: dict) -> dict:
     """Inverse of ``stack_layer_params``."""
-    out = {k: v for k, v in params.items() if k != "layers"}
-    n = jax.tree_util.tree_leaves(params["layers"])[0].shape[0]
-    for i in range(n):
-        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], params["layers"])
-    return out
+    return layer_stack.unstack_layers(params)
 
 
 class Llama(nn.Module):

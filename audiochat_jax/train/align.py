@@ -20,7 +20,9 @@ What is trained (``trainable``): ``"all"`` (encoder + CTC head + projector; enco
 mode: dropout, batch-norm statistics), ``"projector"``, or ``"top:N"`` (projector + the top
 N encoder blocks, ``layers_{i}`` of the conformer or wav2vec2). Frozen encoder parts get
 ``stop_gradient`` in the loss (no backward through them) and ``Task.frozen_patterns`` (no
-optimizer update, no Adam moments, no decay); the encoder then runs in eval mode. The LLM
+optimizer update, no Adam moments, no decay); the encoder then runs in eval mode. A
+conformer with ``scan_layers`` runs the backward pass through all its blocks under ``top:N``
+(one scanned body serves every block), only the frozen ones' updates are dropped. The LLM
 is never in the trained tree: it is ``Task.frozen``, a sharded input of the step
 (train/state.py).
 
@@ -36,8 +38,9 @@ ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / en
 ("" = as saved).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
-tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step plus, for a scanned LLM,
-the layers XLA counts once (``uncounted_flops``: ``llama.scanned_flops_uncounted``).
+tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step plus, for a scanned LLM or
+conformer, the layers XLA counts once (``uncounted_flops``: ``llama.scanned_flops_uncounted``,
+``conformer.scanned_flops_uncounted``).
 Eval per split: ``{split}/audio_loss|audio_ppl|audio_accuracy`` and the text-prompted
 ``{split}/text_loss|text_ppl|text_accuracy``; the first eval split is compared with the
 train split (same number of batches): ``gap/audio_loss`` (held-out - train) and
@@ -58,11 +61,12 @@ import numpy as np
 import optax
 
 from audiochat_jax import model_dir
-from audiochat_jax.audio.features import FeatureConfig
+from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.data.input import InputConfig, SpeechInput, load_responses
 from audiochat_jax.models import speech_llm
 from audiochat_jax.models.ctc import ctc_loss, feasible
-from audiochat_jax.models.llama import DTYPES, LlamaConfig, scanned_flops_uncounted
+from audiochat_jax.models import conformer, llama
+from audiochat_jax.models.llama import DTYPES, LlamaConfig
 from audiochat_jax.models.projector import ProjectorConfig
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.char_vocab import CharVocab
@@ -293,26 +297,38 @@ def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int
 
 
 def make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, n_prefix: int, n_suffix: int):
-    """``uncounted_flops(batch) -> float`` (tasks.Task): the global-batch FLOPs of the frozen
-    LLM's layers that XLA's cost analysis misses when they are scanned (it counts a while
-    loop's body once; llama.scanned_flops_uncounted). 0 for an unrolled LLM. Shapes only:
-    ``batch`` may hold ``jax.ShapeDtypeStruct``s (plan.py) or arrays (the trainer's MFU)."""
+    """``uncounted_flops(batch) -> float`` (tasks.Task): the global-batch FLOPs that XLA's cost
+    analysis misses because it counts a while loop's body once: the frozen LLM's layers when
+    scanned (llama.scanned_flops_uncounted) and the conformer's blocks when scanned
+    (conformer.scanned_flops_uncounted). 0 when both are unrolled. Shapes only: ``batch``
+    may hold ``jax.ShapeDtypeStruct``s (plan.py) or arrays (the trainer's MFU)."""
+    enc_cfg = embedder.encoder
+    enc_scanned = isinstance(enc_cfg, conformer.ConformerConfig) and enc_cfg.scan_layers
+    # A scanned encoder is differentiated through all its blocks as soon as one is trainable.
+    enc_backward = cfg.trainable not in ("projector", "top:0")
 
     def uncounted_flops(batch):
-        if not llm_cfg.scan_layers:
+        if not (llm_cfg.scan_layers or enc_scanned):
             return 0.0
+        rows, n_response = batch["response_ids"].shape
+        missed = 0.0
+        if enc_scanned:
+            feats = jax.eval_shape(lambda a, n: log_mel(a, n, feat_cfg)[0], batch["audio"], batch["audio_lengths"])
+            frames = int(conformer.subsampled_lengths(np.array([feats.shape[1]]), enc_cfg)[0])
+            missed += conformer.scanned_flops_uncounted(enc_cfg, frames, rows, enc_backward)
+        if not llm_cfg.scan_layers:
+            return missed
         variables = jax.eval_shape(init, jax.random.key(0))
         variables = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, variables,
                                  is_leaf=lambda x: isinstance(x, nn.Partitioned))
         audio = jax.eval_shape(lambda v, a, n: speech_llm.embed_audio(embedder, v, feat_cfg, a, n),
                                variables, batch["audio"], batch["audio_lengths"])["embeddings"]
-        rows, n_response = batch["response_ids"].shape
         remat = llm_cfg.remat_policy == "full"
         # The audio-prompted pass: forward + activation gradients (+ the remat recompute).
-        missed = scanned_flops_uncounted(llm_cfg, n_prefix + audio.shape[1] + n_suffix + n_response,
-                                         rows, 2 + remat)
+        missed += llama.scanned_flops_uncounted(llm_cfg, n_prefix + audio.shape[1] + n_suffix + n_response,
+                                                rows, 2 + remat)
         if cfg.kl_weight > 0:  # the text-prompted teacher: forward only
-            missed += scanned_flops_uncounted(
+            missed += llama.scanned_flops_uncounted(
                 llm_cfg, n_prefix + batch["labels"].shape[1] + n_suffix + n_response, rows, 1)
         return missed
 

@@ -235,6 +235,16 @@ def ctc_task(config, mesh) -> tasks.Task:
         save = conformer.save if kind == "conformer" else wav2vec2.save
         save(out_dir, enc_cfg, variables, features=feat_cfg.to_dict(), vocab=vocab.to_dict())
 
+    def uncounted_flops(batch):
+        """A scanned conformer's blocks past the first, forward + backward (XLA counts a scanned
+        body once; conformer.scanned_flops_uncounted)."""
+        if kind != "conformer" or not enc_cfg.scan_layers:
+            return 0.0
+        feats = jax.eval_shape(lambda a, n: log_mel(a, n, feat_cfg)[0], batch["audio"], batch["audio_lengths"])
+        frames = int(conformer.subsampled_lengths(np.array([feats.shape[1]]), enc_cfg)[0])
+        return conformer.scanned_flops_uncounted(enc_cfg, frames, batch["audio"].shape[0], backward=True)
+
     return tasks.Task(
         init=init, loss=loss, evaluate=evaluate if cfg.eval_splits else None, export=export,
+        uncounted_flops=uncounted_flops,
         train_data=lambda: SpeechInput(input_config(cfg.train_split, train=True), tokenize=tokenize))
