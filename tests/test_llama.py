@@ -142,7 +142,11 @@ def test_fused_attention_settings_pad_odd_lengths_without_changing_outputs(tiny_
     assert "f32[2,8,32]" in jaxpr and "f32[2,8,32]" not in ref_jaxpr  # the padded slot exists
     assert logits.shape == ref_logits.shape == (2, 7, TINY.vocab_size)
     np.testing.assert_allclose(logits[mask], ref_logits[mask], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=0)
+    # Input gradients reach |100| here, and the two paths reduce over 7 vs 8 slots, so float32
+    # rounds them differently: on an AMD EPYC (AVX-512) each path was ~7e-5 from a float64 run
+    # and 6e-5 from the other, while in float64 the two paths agreed exactly. Same gradient
+    # tolerance as the scan/remat test above, which also reorders float32 sums.
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
