@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The 7B align step on one lent GPU: the checks a GPU session should run, prepared so that they
+# fit the device tool's budget (15 min of device time a session, 10 min a command).
+#
+#   bash bench/gpu_7b_step.sh [PART ...]       # default: baseline profile
+#
+# PARTs, in the order worth running them (each under its own time limit; the log of each goes
+# to $OUT/PART.log as it runs, so a part cut short still leaves what it printed):
+#   baseline    the step as configs/llama2_7b_chat.py:8xh100 sets it (scanned conformer): compile
+#               time, ms/step, MFU. Compare the compile with 158.5 s (unrolled conformer, H100).
+#   profile     op time by model part, CUDA graphs off so every kernel is named (docs/performance.md,
+#               "On a GPU, profile without CUDA graphs"): where the time beyond the matmuls goes.
+#   remat_none  --set align.llm_remat_policy=none: no recompute in the frozen LLM's backward.
+#               The planner (python -m audiochat_jax.plan, 1 device) puts it at 30.5 GiB at
+#               batch 8 x 10 s and 57.3 GiB at 8 x 35 s, vs 27.0 / 41.5 GiB with dots_no_batch.
+#   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
+#   batch16     --batch_size 16.
+#   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves.
+# A part takes 3-4 min on a warm H100 (compile 90-160 s + steps), so two or three fit a command:
+# e.g. `bash bench/gpu_7b_step.sh baseline profile`, then `... remat_none cudnn` on the warm machine.
+#
+# Before the first call, in this repo here (the GPU image lacks these wheels; the rest of the
+# stack — jax 0.11.2, flax, optax, orbax, sentencepiece — is there):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl ml_collections jiwer rapidfuzz zstandard
+# and call the device tool's run with carry [".whl"] and command "bash bench/gpu_7b_step.sh ...".
+# GPU7B_EXTRA adds bench arguments to every part (e.g. "--llm_layers 1 --batch_size 1 --seconds 2
+# --steps 2" tries the script itself on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_7b_step}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu_7b_step: installing .whl/*.whl failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import ml_collections, jiwer, flax, optax, orbax.checkpoint" 2>"$OUT/imports.log" || {
+  cat "$OUT/imports.log" >&2
+  echo "gpu_7b_step: a package is missing: download the wheels named at the top of bench/gpu_7b_step.sh into .whl and carry it" >&2
+  exit 1
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
+
+CONFIG=configs/llama2_7b_chat.py:8xh100
+read -r -a EXTRA <<< "${GPU7B_EXTRA:-}"
+status=0
+for part in "${@:-baseline profile}"; do
+  for p in $part; do  # "${@:-a b}" gives one word "a b" when no PART is named
+    case "$p" in
+      baseline)   args=() ;;
+      profile)    args=(--profile /tmp/gpu_7b_step_profile --steps 3) ;;
+      remat_none) args=(--set align.llm_remat_policy=none) ;;
+      cudnn)      args=(--set llm.attention_impl=cudnn) ;;
+      batch16)    args=(--batch_size 16) ;;
+      unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled)" >&2; exit 2 ;;
+    esac
+    env=()
+    [ "$p" = profile ] && env=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=")
+    echo "== $p: ${env[*]} python3 bench/align_step.py --config $CONFIG ${args[*]} ${EXTRA[*]}" | tee "$OUT/$p.log"
+    start=$SECONDS
+    env "${env[@]}" timeout 400 python3 bench/align_step.py --config "$CONFIG" "${args[@]}" "${EXTRA[@]}" 2>&1 \
+      | tee -a "$OUT/$p.log"
+    rc=${PIPESTATUS[0]}
+    echo "== $p: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/$p.log"
+    [ "$rc" = 0 ] || status=1
+  done
+done
+exit $status
