@@ -15,7 +15,12 @@
 #               batch 8 x 10 s and 57.3 GiB at 8 x 35 s, vs 27.0 / 41.5 GiB with dots_no_batch.
 #   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
 #   batch16     --batch_size 16.
-#   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves.
+#   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves, and the
+#               step time it costs or saves (on CPU: 0.91x the unrolled step at batch 8 x 10 s).
+#   dsfusion    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true: lets cuBLAS read a scanned
+#               layer's weights in place of the stacked [32, ...] array instead of a copy per
+#               layer (forward, remat and backward); a hypothesis: the profile says whether
+#               those copies cost anything.
 # A part takes 3-4 min on a warm H100 (compile 90-160 s + steps), so two or three fit a command:
 # e.g. `bash bench/gpu_7b_step.sh baseline profile`, then `... remat_none cudnn` on the warm machine.
 #
@@ -57,10 +62,15 @@ for part in "${@:-baseline profile}"; do
       cudnn)      args=(--set llm.attention_impl=cudnn) ;;
       batch16)    args=(--batch_size 16) ;;
       unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
-      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled)" >&2; exit 2 ;;
+      dsfusion)   args=() ;;
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled dsfusion)" >&2
+         exit 2 ;;
     esac
+    flag=""
+    [ "$p" = profile ] && flag=--xla_gpu_enable_command_buffer=
+    [ "$p" = dsfusion ] && flag=--xla_gpu_enable_dynamic_slice_fusion=true
     env=()
-    [ "$p" = profile ] && env=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=")
+    [ -n "$flag" ] && env=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$flag")
     echo "== $p: ${env[*]} python3 bench/align_step.py --config $CONFIG ${args[*]} ${EXTRA[*]}" | tee "$OUT/$p.log"
     start=$SECONDS
     env "${env[@]}" timeout 400 python3 bench/align_step.py --config "$CONFIG" "${args[@]}" "${EXTRA[@]}" 2>&1 \
