@@ -40,8 +40,12 @@ docs/performance.md):
                                            261.7 ms/step, 204.8 TFLOP/s: MFU 0.295 of 693.7
                                            (depthwise convs as slices); compile 158.5 s warm,
                                            over 200 s on a fresh machine
+  2-core AMD EPYC (AVX512-BF16: its bf16 peak is ~2x its f32 one), mini, f32, batch 16 x 3 s
+                                           477 ms/step, 53.6 GFLOP/s: MFU 0.145 of the bf16
+                                           peak, 0.280 of the f32 one (2026-11-26)
 GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
 are not named in the trace; docs/performance.md), and time steps without it.
+bench/gpu_7b_step.sh runs this bench's GPU checks of the 7B step within a device session.
 """
 from __future__ import annotations
 
@@ -337,7 +341,7 @@ def main():
     print(f"MFU = {achieved / peak:.3f} of the measured peak (target >= 0.5)")
     if on_cpu:
         # On CPUs with AVX512-BF16 the bf16 peak is about twice the f32 one (an AMD EPYC here:
-        # 317-321 vs 160-176 GFLOP/s), so an f32 step's MFU against the faster peak halves.
+        # 317-370 vs 166-191 GFLOP/s), so an f32 step's MFU against the faster peak halves.
         print("  peaks: " + ", ".join(f"{jnp.dtype(d).name} {p / 1e9:.1f} GFLOP/s (MFU {achieved / p:.3f})"
                                       for d, p in peaks.items()))
     from audiochat_jax.slices import CHIPS
