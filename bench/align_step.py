@@ -43,6 +43,10 @@ docs/performance.md):
   2-core AMD EPYC (AVX512-BF16: its bf16 peak is ~2x its f32 one), mini, f32, batch 16 x 3 s
                                            477 ms/step, 53.6 GFLOP/s: MFU 0.145 of the bf16
                                            peak, 0.280 of the f32 one (2026-11-26)
+                                           423-492 ms/step: MFU 0.14-0.19 of bf16, 0.27-0.33 of
+                                           f32, with the depthwise conv's own gradient and
+                                           16-bit dropout draws (2026-11-27; 534-616 ms before,
+                                           in turn with them)
 GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
 are not named in the trace; docs/performance.md), and time steps without it.
 bench/gpu_7b_step.sh runs this bench's GPU checks of the 7B step within a device session.

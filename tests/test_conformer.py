@@ -330,6 +330,13 @@ def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient
     params = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw.init(jax.random.key(1), x)))
     ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8).apply(params, x)
     np.testing.assert_allclose(dw.apply(params, x), ref, atol=1e-5)
+    # Its custom gradient (depthwise_taps): input and kernel gradients of the strided 2-D conv
+    # equal the grouped conv's on one device.
+    grouped = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8)
+    sq = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
+    for a, b in zip(jax.tree.leaves(jax.grad(sq(dw), (0, 1))(params, x)),
+                    jax.tree.leaves(jax.grad(sq(grouped), (0, 1))(params, x))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
     # The convolution module's 1-D depthwise conv (31 taps, 'same' padding): outputs and the
     # gradients of input and kernel equal the grouped conv's.
@@ -337,7 +344,6 @@ def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient
     x1 = jnp.asarray(np.random.RandomState(2).randn(2, 40, 6), jnp.float32)
     p1 = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw1.init(jax.random.key(2), x1)))
     conv1 = nn.Conv(6, (31,), padding=((15, 15),), feature_group_count=6)
-    sq = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
     np.testing.assert_allclose(dw1.apply(p1, x1), conv1.apply(p1, x1), atol=1e-5)
     for a, b in zip(jax.tree.leaves(jax.grad(sq(dw1), (0, 1))(p1, x1)), jax.tree.leaves(jax.grad(sq(conv1), (0, 1))(p1, x1))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

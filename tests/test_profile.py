@@ -43,8 +43,15 @@ class _Net(nn.Module):
 
 
 def _rows(table: str) -> list[list[str]]:
-    """'  12.3 ms  45.6%  _Net/wide bwd' -> ['12.3', 'ms', '45.6%', '_Net/wide', 'bwd']."""
-    return [line.split() for line in table.splitlines() if line.startswith("  ") and "more parts" not in line]
+    """'  12.3 ms  45.6%  _Net/wide bwd' -> ['12.3', 'ms', '45.6%', '_Net/wide', 'bwd'] (the
+    model-part table; the single-op list below it ends it)."""
+    rows = []
+    for line in table.splitlines():
+        if line.startswith("top "):
+            break
+        if line.startswith("  ") and "more parts" not in line:
+            rows.append(line.split())
+    return rows
 
 
 def _bench():
@@ -89,12 +96,15 @@ def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsy
 
     run.compiled = compiled
     bench.profile_steps(run, str(tmp_path), steps=2)
-    rows = _rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = _rows(out)
     parts = [r[3] for r in rows]
     assert any(p.endswith("/wide") for p in parts), rows   # the Dense layers' own names
     assert any(p.endswith("/head") for p in parts), rows
     assert any(r[-1] == "bwd" for r in rows), rows         # the gradient's ops are marked
     assert sum(float(r[0]) for r in rows) > 0, rows
+    # Below the table, the single ops: a Dense layer's matmul is among them, with its shape.
+    assert "top 20 single ops per step" in out and "/wide/dot_general" in out, out
 
 
 def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
@@ -130,3 +140,7 @@ def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
     # the memcpy is device time no step op claims (as CUDA-graph kernels are): its own row
     assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 3.5}, rows
     assert profile.NO_COMMAND_BUFFERS in profile.format_parts(rows)  # how to get the graphs' ops
+    # The single-op list: device time per step, largest first, with shape and source op.
+    ops = profile.top_ops(str(tmp_path), [hlo], steps=2).splitlines()
+    assert ops[1].split()[:4] == ["2.00", "ms", "custom-call.1", "f32[8]"], ops
+    assert ops[1].endswith("jit(step)/jvp(Llama)/mlp/dot_general") and ops[2].split()[2] == "fusion.2", ops

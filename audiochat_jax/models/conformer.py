@@ -32,6 +32,7 @@ Variables: ``{"params": ...}`` plus ``{"batch_stats": ...}`` when ``conv_norm="b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any
@@ -43,6 +44,7 @@ import numpy as np
 
 from audiochat_jax import model_dir
 from audiochat_jax.models import layer_stack
+from audiochat_jax.models.dropout import Dropout
 
 KIND = "conformer_ctc"
 
@@ -179,8 +181,62 @@ def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
                         name=name, **_dtypes(cfg))
 
 
+def _tap_windows(xp: jax.Array, kernel_size: tuple[int, ...], strides: tuple[int, ...]):
+    """Yields ``(offset, window)`` for each tap: the inputs that tap ``offset`` multiplies,
+    strided slices of the padded ``xp`` [batch, *spatial, c] -> [batch, *spatial', c]."""
+    n_out = [(xp.shape[1 + i] - k) // s + 1 for i, (k, s) in enumerate(zip(kernel_size, strides))]
+    for offset in itertools.product(*map(range, kernel_size)):
+        yield offset, xp[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, n_out)))]
+
+
+def _taps(xp: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> jax.Array:
+    return sum(w * kernel[o] for o, w in _tap_windows(xp, kernel.shape[:-1], strides))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_taps(xp: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> jax.Array:
+    """Depthwise conv, no padding added: ``sum_o window_o(xp) * kernel[o]``.
+
+    xp [batch, *spatial, c] (already padded), kernel [*kernel_size, c] -> [batch, *spatial', c].
+
+    Why a custom gradient: autodiff's input gradient is the transpose of each window's slice,
+    a pad of ``g * kernel[o]`` to xp's full size, and XLA:CPU writes each of those padded
+    arrays (31 per conv) before summing them. Here the input gradient is one more sum of
+    windows (of ``g``, dilated by the stride and padded, times the flipped kernel), which XLA
+    fuses into one loop.
+    """
+    return _taps(xp, kernel, strides)
+
+
+def _depthwise_taps_fwd(xp, kernel, strides):
+    return _taps(xp, kernel, strides), (xp, kernel)
+
+
+def _depthwise_taps_bwd(strides, residuals, g):
+    xp, kernel = residuals
+    ks = kernel.shape[:-1]
+    # Input gradient: dxp[i] = sum_o g[(i - o) / s] * kernel[o] where s divides i - o, i.e. a
+    # stride-1 correlation of the flipped kernel with g dilated by s and padded by k - 1 (plus
+    # the input positions past the last window, whose gradient is 0).
+    n_out = g.shape[1:-1]
+    config = [(0, 0, 0)] + [(k - 1, k - 1 + (size - (s * (n - 1) + k)), s - 1)
+                            for size, k, s, n in zip(xp.shape[1:-1], ks, strides, n_out)] + [(0, 0, 0)]
+    g_dilated = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
+    flipped = kernel[tuple(slice(None, None, -1) for _ in ks)]
+    dxp = _taps(g_dilated, flipped, (1,) * len(ks))
+    # Kernel gradient: each tap's window of xp times g, summed over batch and positions in
+    # float32 (the taps are bf16 on accelerators).
+    reduce_axes = tuple(range(g.ndim - 1))
+    dkernel = jnp.stack([jnp.sum(w * g, axis=reduce_axes, dtype=jnp.float32) for _, w in _tap_windows(xp, ks, strides)])
+    return dxp, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+
+
 class DepthwiseConv(nn.Module):
-    """Depthwise N-D convolution written as a sum of shifted, strided slices times the taps.
+    """Depthwise N-D convolution written as a sum of shifted, strided slices times the taps
+    (``depthwise_taps``, with its own gradient).
 
     Same parameters as ``nn.Conv(c, kernel_size, strides, padding, feature_group_count=c)``
     (kernel [*kernel_size, 1, c], bias [c]) and the same outputs. Why not nn.Conv:
@@ -206,12 +262,7 @@ class DepthwiseConv(nn.Module):
         kernel = self.param("kernel", _kernel(self.kernel_axes), (*self.kernel_size, 1, self.features),
                             self.param_dtype).astype(self.dtype)
         x = jnp.pad(x.astype(self.dtype), ((0, 0), *self.padding, (0, 0)))
-        n_out = [(x.shape[1 + i] - k) // s + 1 for i, (k, s) in enumerate(zip(self.kernel_size, self.strides))]
-
-        def window(offset):  # the inputs that tap ``offset`` multiplies, [batch, *spatial', c]
-            return x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, self.strides, n_out)))]
-
-        y = sum(window(o) * kernel[(*o, 0)] for o in itertools.product(*map(range, self.kernel_size)))
+        y = depthwise_taps(x, kernel.reshape(*self.kernel_size, self.features), tuple(self.strides))
         if self.use_bias:
             y = y + self.param("bias", _zeros(("norm",)), (self.features,), self.param_dtype).astype(self.dtype)
         return y
@@ -277,7 +328,7 @@ class FeedForward(nn.Module):
         x = nn.Dense(cfg.ffn_dim, use_bias=cfg.use_bias, name="linear1", kernel_init=_kernel(("embed", "mlp")),
                      bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
         x = nn.with_logical_constraint(nn.swish(x), ("batch", "length", "act_mlp"))
-        x = nn.Dropout(cfg.dropout)(x, deterministic=self.deterministic)
+        x = Dropout(cfg.dropout)(x, deterministic=self.deterministic)
         return nn.Dense(cfg.d_model, use_bias=cfg.use_bias, name="linear2", kernel_init=_kernel(("mlp", "embed")),
                         bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
 
@@ -355,7 +406,7 @@ class RelPositionSelfAttention(nn.Module):
         scores = (content + position).astype(jnp.promote_types(content.dtype, jnp.float32)) / math.sqrt(dk)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+        probs = Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
         out = jnp.einsum("bhts,bshd->bthd", probs, v)
         # A padded query has no valid keys of its own meaning; zero it (NeMo does the same).
         out = jnp.where(mask[:, :, None, None], out, 0)
@@ -399,7 +450,7 @@ class ConformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pos: jax.Array, mask: jax.Array) -> jax.Array:
         cfg, det = self.config, self.deterministic
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         ff1 = FeedForward(cfg, det, name="feed_forward1")(_layer_norm(cfg, "norm_feed_forward1")(x))
         x = x + 0.5 * drop(ff1, deterministic=det)
         att = RelPositionSelfAttention(cfg, det, name="self_attn")(_layer_norm(cfg, "norm_self_att")(x), pos, mask)
@@ -436,7 +487,7 @@ class ConformerEncoder(nn.Module):
         mask = jnp.arange(t)[None, :] < lengths[:, None]  # [batch, T]
         if cfg.xscaling:
             x = x * math.sqrt(cfg.d_model)
-        x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+        x = Dropout(cfg.dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         pos = relative_positions(t, cfg.d_model)
         block = ConformerBlock

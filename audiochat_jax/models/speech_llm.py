@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.models import conformer, wav2vec2
 from audiochat_jax.models.conformer import ConformerConfig, ConformerEncoder
+from audiochat_jax.models.dropout import Dropout
 from audiochat_jax.models.llama import Llama, LlamaConfig
 from audiochat_jax.models.projector import Projector, ProjectorConfig
 from audiochat_jax.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
@@ -195,7 +196,7 @@ class AudioEmbedder(nn.Module):
                                  "model's vocabulary")
             x = frames
             if kind == "wav2vec2":  # as Wav2Vec2CTC: dropout before the head
-                x = nn.Dropout(self.encoder.final_dropout)(x, deterministic=not train)
+                x = Dropout(self.encoder.final_dropout)(x, deterministic=not train)
             dt = dict(dtype=jnp.dtype(self.encoder.dtype), param_dtype=jnp.dtype(self.encoder.param_dtype))
             out["ctc_logits"] = nn.Dense(
                 n, name="ctc_head",

@@ -41,6 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiochat_jax.models.dropout import Dropout
+
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" is the exact erf form
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -282,7 +284,7 @@ class SelfAttention(nn.Module):
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * cfg.head_dim ** -0.5
             key_ok = _frame_mask(lengths, x.shape[1])[:, None, None, :]
             probs = jax.nn.softmax(jnp.where(key_ok, logits, jnp.finfo(jnp.float32).min), axis=-1)
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+            probs = Dropout(cfg.attention_dropout)(probs, deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths.astype(jnp.int32))
@@ -298,9 +300,9 @@ class FeedForward(nn.Module):
         cfg = self.config
         h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
         h = nn.with_logical_constraint(_ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
-        h = nn.Dropout(cfg.activation_dropout)(h, deterministic=not train)
+        h = Dropout(cfg.activation_dropout)(h, deterministic=not train)
         h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense", bias_names=("norm",))(h)
-        return nn.Dropout(cfg.hidden_dropout)(h, deterministic=not train)
+        return Dropout(cfg.hidden_dropout)(h, deterministic=not train)
 
 
 class EncoderLayer(nn.Module):
@@ -312,7 +314,7 @@ class EncoderLayer(nn.Module):
         cfg = self.config
         attn, ff = SelfAttention(cfg, name="attention"), FeedForward(cfg, name="feed_forward")
         ln1, ln2 = _layer_norm(cfg, "layer_norm"), _layer_norm(cfg, "final_layer_norm")
-        drop = nn.Dropout(cfg.hidden_dropout)
+        drop = Dropout(cfg.hidden_dropout)
         if cfg.do_stable_layer_norm:
             x = x + drop(attn(ln1(x).astype(cfg.dtype), lengths, train=train), deterministic=not train)
             x = x + ff(ln2(x).astype(cfg.dtype), train=train)
@@ -358,7 +360,7 @@ class Wav2Vec2Encoder(nn.Module):
             x = _layer_norm(cfg, "feature_projection_norm")(x)
         x = _dense(cfg, cfg.hidden_size, ("conv_out", "embed"), "feature_projection", bias_names=("norm",))(
             x.astype(cfg.dtype))
-        x = nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=not train)
+        x = Dropout(cfg.feat_proj_dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cfg.mask_time_prob > 0:
             mask_emb = self.param("masked_spec_embed", nn.with_logical_partitioning(
@@ -372,7 +374,7 @@ class Wav2Vec2Encoder(nn.Module):
         x = x + PositionalConvEmbedding(cfg, name="pos_conv_embed")(x).astype(cfg.dtype)
         if not cfg.do_stable_layer_norm:
             x = _layer_norm(cfg, "encoder_layer_norm")(x).astype(cfg.dtype)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=not train)
+        x = Dropout(cfg.hidden_dropout)(x, deterministic=not train)
 
         layer_cls = EncoderLayer
         if cfg.remat_policy != "none":
@@ -416,7 +418,7 @@ class Wav2Vec2CTC(nn.Module):
         if cfg.ctc_vocab_size <= 0:
             raise ValueError("Wav2Vec2CTC needs config.ctc_vocab_size > 0 (the number of CTC output classes)")
         x, out_lengths = Wav2Vec2Encoder(cfg, name="encoder")(inputs, lengths, train=train)
-        x = nn.Dropout(cfg.final_dropout)(x, deterministic=not train)
+        x = Dropout(cfg.final_dropout)(x, deterministic=not train)
         logits = _dense(cfg, cfg.ctc_vocab_size, ("embed", "ctc_vocab"), "lm_head")(x)
         return logits.astype(jnp.float32), out_lengths
 

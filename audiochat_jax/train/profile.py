@@ -6,6 +6,8 @@ the op time per step by model part; ``bench/align_step.py --profile DIR`` does t
 the bench's step. A part is the Flax module path that issued the op, with ``layers_N`` merged
 (``AudioEmbedder/encoder/conv/depthwise_conv``) and `` bwd`` for the backward pass; XLA:CPU
 runs independent ops side by side, so the parts can sum to more than the step's wall time.
+Below the table, the 20 largest single HLO ops with their result shapes and source ops say
+where a part's time goes (e.g. 31 separately written windows of one depthwise conv).
 """
 from __future__ import annotations
 
@@ -70,10 +72,11 @@ def model_part(op_name: str) -> str:
     return ("/".join(parts[:4]) or STEP_OPS) + suffix
 
 
-def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, float]]:
-    """``[(part, ms per step)]``, largest first, from the newest trace under ``trace_dir``
-    (written with ``create_perfetto_trace=True``) of ``steps`` steps of the executables whose
-    HLO texts are ``hlo_texts``."""
+def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collections.Counter, float]:
+    """``(names, busy, unmatched)`` from the newest trace under ``trace_dir`` (written with
+    ``create_perfetto_trace=True``): HLO instruction -> source op name for the executables
+    whose HLO texts are ``hlo_texts``, total ms per HLO instruction, and (on a GPU/TPU) the
+    device ms that matched none of them (None on a CPU)."""
     traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     if not traces:
         raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: was the trace written "
@@ -88,18 +91,42 @@ def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, fl
     names = {}
     for text in hlo_texts:
         names.update(hlo_op_names(text))
-    busy = collections.Counter()
-    if devices:
-        busy[UNMATCHED_DEVICE] = 0.0  # listed even when 0: the table says it was a device trace
+    busy, unmatched = collections.Counter(), 0.0 if devices else None
     for e in events:
         if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
             continue
         op = e.get("args", {}).get("hlo_op") or e["name"]
         if op in names:  # an HLO op (thunk / kernel) of the step; not runtime/Python events
-            busy[model_part(names[op])] += e["dur"] / 1e3 / steps
+            busy[op] += e["dur"] / 1e3
         elif devices:
-            busy[UNMATCHED_DEVICE] += e["dur"] / 1e3 / steps
-    return busy.most_common()
+            unmatched += e["dur"] / 1e3
+    return names, busy, unmatched
+
+
+def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, float]]:
+    """``[(part, ms per step)]``, largest first, from the newest trace under ``trace_dir``
+    (written with ``create_perfetto_trace=True``) of ``steps`` steps of the executables whose
+    HLO texts are ``hlo_texts``."""
+    names, busy, unmatched = _step_op_times(trace_dir, hlo_texts)
+    parts = collections.Counter()
+    if unmatched is not None:  # listed even when 0: the table says it was a device trace
+        parts[UNMATCHED_DEVICE] = unmatched / steps
+    for op, ms in busy.items():
+        parts[model_part(names[op])] += ms / steps
+    return parts.most_common()
+
+
+def top_ops(trace_dir: str, hlo_texts, steps: int, top: int = 20) -> str:
+    """The ``top`` single HLO ops by time per step, each with its result shape and source op:
+    below the model-part table, where a part's time goes (e.g. 31 separate slices)."""
+    names, busy, _ = _step_op_times(trace_dir, hlo_texts)
+    shapes = {}
+    for text in hlo_texts:
+        shapes.update(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+)", text, re.M))
+    lines = [f"top {top} single ops per step (HLO op, result shape, source op):"]
+    for op, ms in busy.most_common(top):
+        lines.append(f"  {ms / steps:8.2f} ms  {op:28s} {shapes.get(op, '?'):32s} {names[op][-100:] or '-'}")
+    return "\n".join(lines)
 
 
 def format_parts(rows: list[tuple[str, float]], top: int = 25) -> str:
@@ -140,7 +167,9 @@ class StepTrace:
             return None
         jax.profiler.stop_trace()
         self.active = False
-        table = format_parts(op_time_by_part(self.out_dir, hlo_texts(), self.steps))
+        texts = hlo_texts()
+        table = (format_parts(op_time_by_part(self.out_dir, texts, self.steps)) + "\n"
+                 + top_ops(self.out_dir, texts, self.steps))
         with open(os.path.join(self.out_dir, "op_time_by_part.txt"), "w") as f:
             f.write(table + "\n")
         return f"profile of steps {self.first}-{step} in {self.out_dir}\n{table}"

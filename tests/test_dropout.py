@@ -1,0 +1,57 @@
+"""models/dropout.Dropout: nn.Dropout's statistics from 16 random bits per element."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audiochat_jax.models.dropout import Dropout, keep_mask
+from audiochat_jax.parallel import sharding
+
+DROP = round(0.1 * 65536) / 65536       # the rate as drawn: 6554 / 65536
+
+
+def test_keep_mask_drops_at_the_rate_with_independent_halves_of_each_word():
+    mask = np.asarray(keep_mask(jax.random.key(0), 0.1, (64, 125, 129)))   # odd last axis
+    assert mask.shape == (64, 125, 129)
+    n = mask.size
+    # Binomial: 5 standard deviations of the mean of ~1M draws is ~0.0015.
+    assert abs(mask.mean() - (1 - DROP)) < 5 * np.sqrt(DROP * (1 - DROP) / n)
+    # The two 16-bit halves of one 32-bit word (adjacent elements) are independent draws:
+    # P(both kept) = keep^2. Taking one half twice would give keep instead.
+    pairs = mask[..., 0:128:2] & mask[..., 1:128:2]
+    keep = 1 - DROP
+    assert abs(pairs.mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / pairs.size)
+    # Neighbours along the leading axes are independent too (rows come from different words).
+    rows = mask[:, :-1] & mask[:, 1:]
+    assert abs(rows.mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / rows.size)
+    # Same key, same mask; another key, another mask.
+    np.testing.assert_array_equal(mask, keep_mask(jax.random.key(0), 0.1, (64, 125, 129)))
+    assert (mask != np.asarray(keep_mask(jax.random.key(1), 0.1, (64, 125, 129)))).mean() > 0.1
+
+
+def test_dropout_keeps_the_expectation_and_is_the_identity_when_deterministic():
+    x = jnp.asarray(np.random.RandomState(0).rand(256, 1000) + 0.5, jnp.float32)
+    y = np.asarray(Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
+    kept = y != 0
+    # Kept values are scaled by 1 / (1 - drawn rate), exactly as the expectation needs.
+    np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / (1 - DROP), rtol=1e-6)
+    assert abs(kept.mean() - (1 - DROP)) < 5 * np.sqrt(DROP * (1 - DROP) / kept.size)
+    np.testing.assert_array_equal(Dropout(0.1).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)   # no rng needed
+    bf16 = Dropout(0.3).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.key(4)})
+    assert bf16.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+        Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+
+
+def test_a_batch_sharded_mask_equals_the_single_device_one(n_devices):
+    """The mask is drawn with the activations' leading axes, so on a mesh each device draws its
+    rows of the same mask (jax_threefry_partitionable) and the step's result does not depend
+    on the mesh."""
+    x = jnp.ones((8, 12, 6), jnp.float32)
+    f = jax.jit(lambda x, k: Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": k}))
+    one = f(x, jax.random.key(5))
+    mesh = sharding.make_mesh((2, 2, 2))
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        eight = f(jax.device_put(x, sharding.batch_sharding(mesh, 3)), jax.random.key(5))
+    np.testing.assert_array_equal(jax.device_get(eight), one)
