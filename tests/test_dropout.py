@@ -40,8 +40,9 @@ def test_dropout_keeps_the_expectation_and_is_the_identity_when_deterministic():
     np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)   # no rng needed
     bf16 = Dropout(0.3).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.key(4)})
     assert bf16.dtype == jnp.bfloat16
-    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
-        Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(Dropout(1.0).apply({}, x, deterministic=False), np.zeros(x.shape))
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\], got 1.5"):
+        Dropout(1.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
 
 
 def test_a_batch_sharded_mask_equals_the_single_device_one(n_devices):
