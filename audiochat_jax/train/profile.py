@@ -107,7 +107,10 @@ def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, fl
     """``[(part, ms per step)]``, largest first, from the newest trace under ``trace_dir``
     (written with ``create_perfetto_trace=True``) of ``steps`` steps of the executables whose
     HLO texts are ``hlo_texts``."""
-    names, busy, unmatched = _step_op_times(trace_dir, hlo_texts)
+    return _parts(*_step_op_times(trace_dir, hlo_texts), steps)
+
+
+def _parts(names, busy, unmatched, steps: int) -> list[tuple[str, float]]:
     parts = collections.Counter()
     if unmatched is not None:  # listed even when 0: the table says it was a device trace
         parts[UNMATCHED_DEVICE] = unmatched / steps
@@ -119,7 +122,10 @@ def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, fl
 def top_ops(trace_dir: str, hlo_texts, steps: int, top: int = 20) -> str:
     """The ``top`` single HLO ops by time per step, each with its result shape and source op:
     below the model-part table, where a part's time goes (e.g. 31 separate slices)."""
-    names, busy, _ = _step_op_times(trace_dir, hlo_texts)
+    return _top(*_step_op_times(trace_dir, hlo_texts), hlo_texts, steps, top)
+
+
+def _top(names, busy, _unmatched, hlo_texts, steps: int, top: int = 20) -> str:
     shapes = {}
     for text in hlo_texts:
         shapes.update(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+)", text, re.M))
@@ -168,8 +174,8 @@ class StepTrace:
         jax.profiler.stop_trace()
         self.active = False
         texts = hlo_texts()
-        table = (format_parts(op_time_by_part(self.out_dir, texts, self.steps)) + "\n"
-                 + top_ops(self.out_dir, texts, self.steps))
+        times = _step_op_times(self.out_dir, texts)  # the trace is read once for both lists
+        table = format_parts(_parts(*times, self.steps)) + "\n" + _top(*times, texts, self.steps)
         with open(os.path.join(self.out_dir, "op_time_by_part.txt"), "w") as f:
             f.write(table + "\n")
         return f"profile of steps {self.first}-{step} in {self.out_dir}\n{table}"
