@@ -47,6 +47,10 @@ docs/performance.md):
                                            f32, with the depthwise conv's own gradient and
                                            16-bit dropout draws (2026-11-27; 534-616 ms before,
                                            in turn with them)
+                                           371 ms/step, 68.4 GFLOP/s: MFU 0.178 of bf16, 0.344
+                                           of f32, with the 1-D conv's kernel gradient as a
+                                           matmul and lengths without floor division
+                                           (2026-11-27; 368-382 ms vs 386-415 ms, in turn)
 GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
 are not named in the trace; docs/performance.md), and time steps without it.
 bench/gpu_7b_step.sh runs this bench's GPU checks of the 7B step within a device session.

@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiochat_jax.lengths import floor_div
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
@@ -90,7 +92,7 @@ class FeatureConfig:
 
 def num_frames(n_samples, config: FeatureConfig = FeatureConfig()):
     """Valid feature frames of an utterance of ``n_samples`` (int or integer array)."""
-    return (n_samples + 2 * (config.n_fft // 2) - config.n_fft) // config.hop_length
+    return floor_div(n_samples + 2 * (config.n_fft // 2) - config.n_fft, config.hop_length)
 
 
 @functools.lru_cache(maxsize=16)

@@ -140,11 +140,16 @@ def subsampled_lengths(lengths, config: ConformerConfig):
 
     Works on Python ints, numpy and jax arrays (``[batch]`` int32).
     """
-    k = config.subsampling_kernel_size
-    p = (k - 1) // 2
     for _ in range(config.n_subsampling_convs):
-        lengths = (lengths + 2 * p - k) // 2 + 1
+        lengths = _stride2_lengths(lengths, config.subsampling_kernel_size)
     return lengths
+
+
+def _stride2_lengths(lengths, k: int):
+    """One stride-2 conv of kernel ``k`` with ``(k - 1) // 2`` padding: L -> (L + 2p - k) // 2 + 1.
+    ``>> 1`` is that floor division for any int (an arithmetic shift), in one op where jnp's
+    ``//`` is a dozen that XLA:CPU repeats in every masked element (audiochat_jax/lengths.py)."""
+    return ((lengths + 2 * ((k - 1) // 2) - k) >> 1) + 1
 
 
 def relative_positions(length: int, d_model: int) -> jax.Array:
@@ -214,7 +219,7 @@ class ConvSubsampling(nn.Module):
 
         idx = 0  # position in the reference Sequential: conv, [dw conv, pw conv,] ReLU, ...
         for i in range(cfg.n_subsampling_convs):
-            lengths = (lengths + sum(pad) - k) // 2 + 1
+            lengths = _stride2_lengths(lengths, k)
             if i == 0 or cfg.subsampling == "striding":
                 x, idx = conv(x, idx, k, 2, 1), idx + 1
             else:  # depthwise stride-2 conv, then pointwise channel mixing

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiochat_jax.lengths import floor_div
+
 KINDS = ("linear", "mlp")
 NORMS = ("none", "rms", "layer")
 
@@ -71,7 +73,7 @@ class ProjectorConfig:
 
 def stacked_lengths(lengths, stack: int):
     """Embeddings per utterance after stacking: ``ceil(lengths / stack)`` (ints or arrays)."""
-    return (lengths + stack - 1) // stack
+    return floor_div(lengths + stack - 1, stack)
 
 
 def stack_frames(frames: jax.Array, stack: int) -> jax.Array:
