@@ -40,6 +40,11 @@ docs/performance.md):
                                            261.7 ms/step, 204.8 TFLOP/s: MFU 0.295 of 693.7
                                            (depthwise convs as slices); compile 158.5 s warm,
                                            over 200 s on a fresh machine
+  same, batch 16 x 10 s (--batch_size 16; 2026-11-27, jax 0.11.2, scanned conformer)
+                                           440.2 ms/step, 245 TFLOP/s: MFU 0.385 of 637.0;
+                                           311.7 ms/step, 345 TFLOP/s: MFU 0.532 of 648.5
+                                           with the backward's matmuls in bf16 (llama._dot);
+                                           compile 92-95 s on a fresh machine
   2-core AMD EPYC (AVX512-BF16: its bf16 peak is ~2x its f32 one), mini, f32, batch 16 x 3 s
                                            477 ms/step, 53.6 GFLOP/s: MFU 0.145 of the bf16
                                            peak, 0.280 of the f32 one (2026-11-26)
@@ -279,13 +284,20 @@ def time_steps(run, steps: int) -> list[float]:
 
 def profile_steps(run, out_dir: str, steps: int = 3) -> None:
     """Traces ``steps`` steps into ``out_dir`` (TensorBoard's profile plugin or ui.perfetto.dev)
-    and prints each model part's op time per step, as the trainer's config.profile does."""
+    and prints each model part's op time per step, as the trainer's config.profile does; the
+    step's HLO goes beside the trace (``step.hlo.txt.gz``)."""
+    import gzip
     from audiochat_jax.train import profile
+    hlo = run.compiled.as_text()
     tracer = profile.StepTrace(out_dir, 1, steps)
     for step in range(1, steps + 1):
         tracer.before(step)
         jax.block_until_ready(run())
-        table = tracer.after(step, lambda: [run.compiled.as_text()])
+        table = tracer.after(step, lambda: [hlo])
+    # Beside the trace, so that it can be read again elsewhere (profile.op_time_by_part(DIR,
+    # [hlo], steps) with the HLO read back from this file).
+    with gzip.open(os.path.join(out_dir, "step.hlo.txt.gz"), "wt") as f:
+        f.write(hlo)
     print(table)
 
 

@@ -14,25 +14,32 @@
 #               The planner (python -m audiochat_jax.plan, 1 device) puts it at 30.5 GiB at
 #               batch 8 x 10 s and 57.3 GiB at 8 x 35 s, vs 27.0 / 41.5 GiB with dots_no_batch.
 #   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
-#   batch16     --batch_size 16.
+#   batch16     --batch_size 16 (2026-11-27: 311.7 ms/step, MFU 0.532 of the measured peak, with
+#               the backward's matmuls in bf16; 440.2 ms, 0.385 before).
 #   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves, and the
 #               step time it costs or saves (on CPU: 0.91x the unrolled step at batch 8 x 10 s).
 #   dsfusion    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true: lets cuBLAS read a scanned
 #               layer's weights in place of the stacked [32, ...] array instead of a copy per
 #               layer (forward, remat and backward); a hypothesis: the profile says whether
 #               those copies cost anything.
-# A part takes 3-4 min on a warm H100 (compile 90-160 s + steps), so two or three fit a command:
-# e.g. `bash bench/gpu_7b_step.sh baseline profile`, then `... remat_none cudnn` on the warm machine.
+# A part takes 1.5-2.5 min on an H100 (2026-11-27: compile 63-95 s with the scanned conformer,
+# the profile part 138 s), so four fit one command: e.g. `GPU7B_DEADLINE=560 bash
+# bench/gpu_7b_step.sh profile batch16 remat_none dsfusion` with timeout_s 600 ran in 463 s.
 #
 # Before the first call, in this repo here (the GPU image lacks these wheels; the rest of the
 # stack — jax 0.11.2, flax, optax, orbax, sentencepiece — is there):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl ml_collections jiwer rapidfuzz zstandard
+#     -d .whl ml_collections jiwer rapidfuzz zstandard librosa==0.11.0 audioread decorator soundfile cffi \
+#     pycparser pooch platformdirs soxr
+# (log-mel's filterbank comes from librosa while the step is traced; 2026-11-27 the image had
+# numba, scipy, scikit-learn, joblib, lazy_loader and msgpack, not librosa and the rest)
 # and call the device tool's run with carry [".whl"] and command "bash bench/gpu_7b_step.sh ...".
 # GPU7B_EXTRA adds bench arguments to every part (e.g. "--llm_layers 1 --batch_size 1 --seconds 2
-# --steps 2" tries the script itself on a CPU).
+# --steps 2" tries the script itself on a CPU). GPU7B_DEADLINE=S ends every part within S seconds
+# of the start (set it a minute under the device command's timeout_s). The profile part also
+# leaves its trace and the step's HLO in $OUT (profile.*.gz), to read the table again elsewhere.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_7b_step}
@@ -43,7 +50,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     || { echo "gpu_7b_step: installing .whl/*.whl failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import ml_collections, jiwer, flax, optax, orbax.checkpoint" 2>"$OUT/imports.log" || {
+python3 -c "import ml_collections, jiwer, flax, optax, orbax.checkpoint, sentencepiece, librosa.filters" 2>"$OUT/imports.log" || {
   cat "$OUT/imports.log" >&2
   echo "gpu_7b_step: a package is missing: download the wheels named at the top of bench/gpu_7b_step.sh into .whl and carry it" >&2
   exit 1
@@ -52,6 +59,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 CONFIG=configs/llama2_7b_chat.py:8xh100
 read -r -a EXTRA <<< "${GPU7B_EXTRA:-}"
+# Later parts reuse the GEMM/fusion autotuning of earlier ones (the same kernels, found faster),
+# if this XLA knows the flag (an unknown XLA flag aborts every run, so it is tried first).
+cache=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/gpu_7b_step_autotune
+if XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$cache" python3 -c "import jax; jax.devices()" > /dev/null 2>&1; then
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$cache"
+else
+  echo "gpu_7b_step: this XLA does not take $cache; every part autotunes afresh"
+fi
+# GPU7B_DEADLINE: seconds from here by which every part must end (the device tool's command
+# limit, less the copying back); each part gets at most 400 s and no more than what is left.
+DEADLINE=${GPU7B_DEADLINE:-0}
 status=0
 for part in "${@:-baseline profile}"; do
   for p in $part; do  # "${@:-a b}" gives one word "a b" when no PART is named
@@ -72,12 +90,28 @@ for part in "${@:-baseline profile}"; do
     env=()
     [ -n "$flag" ] && env=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$flag")
     echo "== $p: ${env[*]} python3 bench/align_step.py --config $CONFIG ${args[*]} ${EXTRA[*]}" | tee "$OUT/$p.log"
+    limit=400
+    if [ "$DEADLINE" -gt 0 ]; then
+      left=$((DEADLINE - SECONDS))
+      [ "$left" -lt "$limit" ] && limit=$left
+      if [ "$limit" -lt 60 ]; then
+        echo "== $p: skipped, ${left} s left before GPU7B_DEADLINE" | tee -a "$OUT/$p.log"; status=1; continue
+      fi
+    fi
     start=$SECONDS
-    env "${env[@]}" timeout 400 python3 bench/align_step.py --config "$CONFIG" "${args[@]}" "${EXTRA[@]}" 2>&1 \
+    env "${env[@]}" timeout "$limit" python3 bench/align_step.py --config "$CONFIG" "${args[@]}" "${EXTRA[@]}" 2>&1 \
       | tee -a "$OUT/$p.log"
     rc=${PIPESTATUS[0]}
-    echo "== $p: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/$p.log"
+    echo "== $p: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/$p.log"
     [ "$rc" = 0 ] || status=1
+    if [ "$p" = profile ]; then  # the trace and the step's HLO, to read the table again elsewhere
+      trace=$(ls -t $(find /tmp/gpu_7b_step_profile -name '*.trace.json.gz') 2>/dev/null | head -1)
+      for f in "$trace:trace.json.gz" /tmp/gpu_7b_step_profile/step.hlo.txt.gz:step.hlo.txt.gz; do
+        src=${f%:*}
+        if [ -f "$src" ] && [ "$(stat -c %s "$src")" -lt 16000000 ]; then cp "$src" "$OUT/profile.${f##*:}"
+        elif [ -f "$src" ]; then echo "== profile: $src is over 16 MB, not copied to \$OUT"; fi
+      done
+    fi
   done
 done
 exit $status

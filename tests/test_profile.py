@@ -132,13 +132,15 @@ def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
         {"ph": "X", "pid": 1, "name": "custom-call.1", "dur": 900.0, "args": {"hlo_op": "custom-call.1"}},
         {"ph": "X", "pid": 2, "name": "sm90_xmma_gemm_bf16", "dur": 4000.0, "args": {"hlo_op": "custom-call.1"}},
         {"ph": "X", "pid": 2, "name": "fusion.2", "dur": 1000.0, "args": {"hlo_op": "fusion.2"}},
-        {"ph": "X", "pid": 2, "name": "memcpy", "dur": 7000.0, "args": {}},
+        {"ph": "X", "pid": 2, "name": "MemcpyD2D", "dur": 7000.0, "args": {}},
+        {"ph": "X", "pid": 2, "name": "loop_add_fusion", "dur": 3000.0, "args": {}},  # in a CUDA graph
     ]
     with gzip.open(tmp_path / "x.trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
     rows = profile.op_time_by_part(str(tmp_path), [hlo], steps=2)
-    # the memcpy is device time no step op claims (as CUDA-graph kernels are): its own row
-    assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 3.5}, rows
+    # device time no step op claims: a kernel in a CUDA graph, and a copy the runtime issued
+    assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 1.5,
+                          profile.DEVICE_COPIES: 3.5}, rows
     assert profile.NO_COMMAND_BUFFERS in profile.format_parts(rows)  # how to get the graphs' ops
     # The single-op list: device time per step, largest first, with shape and source op.
     ops = profile.top_ops(str(tmp_path), [hlo], steps=2).splitlines()
