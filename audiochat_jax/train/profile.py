@@ -26,9 +26,10 @@ UNNAMED = "(no source op: XLA's copies, layouts, fused gradients)"  # no op_name
 # A GPU's kernels that ran inside CUDA graphs (XLA's command buffers, on by default) carry the
 # graph's name, not their op's, and other executables' kernels have names outside the step.
 UNMATCHED_DEVICE = "(device time not matched to a step op: CUDA graphs, other executables)"
-# Copies the runtime issues itself (no HLO op in the event): on an H100 without CUDA graphs,
-# 1303 device-to-device memcpys per 7B step, 25 ms of 226 (2026-11-27).
-DEVICE_COPIES = "(device memcpys tied to no HLO op: copies the runtime issues)"
+# Memcpys whose trace events name no HLO op, though XLA's `copy` instructions issue them: on an
+# H100 without CUDA graphs, 1303 device-to-device memcpys per 7B step, 25 ms of 226 (2026-11-27),
+# nearly all small arrays copied into the step's output state.
+DEVICE_COPIES = "(device memcpys the trace ties to no HLO op: XLA's copies)"
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
 
