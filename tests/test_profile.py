@@ -138,7 +138,7 @@ def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
     with gzip.open(tmp_path / "x.trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
     rows = profile.op_time_by_part(str(tmp_path), [hlo], steps=2)
-    # device time no step op claims: a kernel in a CUDA graph, and a copy the runtime issued
+    # device time no step op claims: a kernel in a CUDA graph, and a memcpy naming no HLO op
     assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 1.5,
                           profile.DEVICE_COPIES: 3.5}, rows
     assert profile.NO_COMMAND_BUFFERS in profile.format_parts(rows)  # how to get the graphs' ops
