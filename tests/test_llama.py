@@ -135,8 +135,8 @@ def test_bf16_backward_keeps_weight_matmuls_in_bf16_and_matches_float32(tiny_par
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     text = grad.lower(emb, cfg).as_text()
-    hd, weights = TINY.head_dim, ("32x4x8", "32x2x8", "4x8x32", "32x40", "40x32")  # wq; wk, wv; wo; mlp
-    assert hd == 8
+    d, h, kv, hd, f = TINY.dim, TINY.n_heads, TINY.n_kv_heads, TINY.head_dim, TINY.ffn_dim
+    weights = (f"{d}x{h}x{hd}", f"{d}x{kv}x{hd}", f"{h}x{hd}x{d}", f"{d}x{f}", f"{f}x{d}")  # wq; wk, wv; wo; mlp
     dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", text)
     with_weights = [d for d in dots if any(d[1].startswith(f"tensor<{w}x") for w in weights)]
     assert len(with_weights) >= 14, dots  # 7 in the forward, 7 input gradients (remat may add)
