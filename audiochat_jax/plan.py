@@ -145,7 +145,7 @@ def compile_step(config, mesh, llm_layers: int | None = None):
     frozen_patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
     tx, schedule = optimizer.make_optimizer(config, frozen_patterns)
     _, abstract_state, shardings = loop.train_state_shapes(task, tx, mesh, config.seed)
-    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps, config.nonfinite_skip)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
         batch = abstract_batch(config, mesh)

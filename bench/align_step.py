@@ -155,12 +155,19 @@ def compiled_step(task, config, mesh, host_batch: dict):
     patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
     tx, schedule = optimizer.make_optimizer(config, patterns)
     state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
-    step = loop.jit_train_step(task, tx, schedule, shardings, mesh)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps, config.nonfinite_skip)
     batch = tasks.device_batch(host_batch, mesh)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
         compiled = step.lower(state, task.frozen, batch).compile()
     print(f"  compiled the step in {time.perf_counter() - t0:.1f}s", flush=True)
+    # A step that updates its donated state in place copies none of it (train/loop.py
+    # make_train_step: with --set nonfinite_skip=select the 7B step copies 1504 arrays, the mini 402).
+    from audiochat_jax.train import profile
+    hlo = compiled.as_text()
+    copied = [name for name, shape in profile.copied_donated_inputs(hlo) if "[]" not in shape]
+    print(f"  donated state arrays the step copies before updating: {len(copied)}"
+          + (f" (e.g. {copied[0]})" if copied else ""), flush=True)
     flops = loop.compiled_flops(compiled)
     if task.uncounted_flops is not None:
         flops += task.uncounted_flops(batch)
@@ -171,14 +178,16 @@ def compiled_step(task, config, mesh, host_batch: dict):
             holder["state"], m = compiled(holder["state"], task.frozen, batch)
         return m["loss"]
 
-    run.compiled = compiled  # for --profile: its HLO maps trace ops to source op names
+    run.hlo = hlo  # for --profile: it maps trace ops to source op names
     return run, flops
 
 
 def make_align_step(root: str, batch_size: int, samples: int, label_length: int = 48,
-                    response_length: int = 48, **align_overrides):
+                    response_length: int = 48, overrides: list[str] = (), **align_overrides):
     """``(run, flops)``: ``run()`` executes one real align train step (state donated and carried)
-    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = XLA's count per step."""
+    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = XLA's count per step.
+    ``overrides`` (``--set``) change the trainer's config (e.g. ``nonfinite_skip=select``,
+    ``align.encoder_dtype=bfloat16``); the model sizes are the mini world's, written here."""
     from audiochat_jax.parallel import sharding
     from audiochat_jax.train import align
     paths = write_mini_models(root)
@@ -187,6 +196,7 @@ def make_align_step(root: str, batch_size: int, samples: int, label_length: int 
     config.align.update(llm_dir=paths["llm"], encoder_dir=paths["encoder"], data_dir=root,
                         responses=paths["responses"], max_label_length=label_length,
                         max_response_length=response_length, **align_overrides)
+    apply_overrides(config, list(overrides))
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     task = align.align_task(config, mesh)
     return compiled_step(task, config, mesh, random_host_batch(
@@ -288,7 +298,7 @@ def profile_steps(run, out_dir: str, steps: int = 3) -> None:
     step's HLO goes beside the trace (``step.hlo.txt.gz``)."""
     import gzip
     from audiochat_jax.train import profile
-    hlo = run.compiled.as_text()
+    hlo = run.hlo
     tracer = profile.StepTrace(out_dir, 1, steps)
     for step in range(1, steps + 1):
         tracer.before(step)
@@ -312,16 +322,15 @@ def main():
                    help="padded audio length per utterance (default: 3 for mini, 10 with --config)")
     p.add_argument("--llm_layers", type=int, default=0, help="with --config: LLM depth (0 = the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --config: override a config field, as the trainer's --config.KEY=VALUE "
-                        "(repeatable), e.g. --set llm.attention_impl=cudnn --set align.llm_remat_policy=none")
+                   help="override a config field, as the trainer's --config.KEY=VALUE (repeatable), e.g. "
+                        "--set llm.attention_impl=cudnn --set align.llm_remat_policy=none; without --config "
+                        "the mini trainer config's fields (e.g. --set nonfinite_skip=select), not the model sizes")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="also trace 3 steps into DIR (TensorBoard / Perfetto) and print op time by model part")
     p.add_argument("--peak_n", type=int, default=0,
                    help="square matmul size for the peak (default: 8192 on a GPU/TPU, 2048 on CPU)")
     args = p.parse_args()
-    if args.set and not args.config:
-        p.error("--set needs --config (the mini sizes are built here, not from a config)")
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
     print(f"device: {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs visible, jax {jax.__version__}")
@@ -341,9 +350,10 @@ def main():
             profile_steps(run, args.profile)
     else:
         batch_size = args.batch_size or 16
-        what = f"mini sizes (LLM d=128 x 4, conformer d=144 x 4), batch {batch_size}"
+        what = (f"mini sizes (LLM d=128 x 4, conformer d=144 x 4), batch {batch_size}"
+                + "".join(f", {item}" for item in args.set))
         with tempfile.TemporaryDirectory() as root:
-            run, flops = make_align_step(root, batch_size, samples)
+            run, flops = make_align_step(root, batch_size, samples, overrides=args.set)
             times = time_steps(run, args.steps)
             if args.profile:
                 profile_steps(run, args.profile)

@@ -42,6 +42,31 @@ class _Net(nn.Module):
         return nn.Dense(4, name="head")(x)
 
 
+def test_copied_donated_inputs_names_the_donated_arrays_the_compiled_step_copies():
+    # `m` is donated and overwritten by the second select, while the first select recomputes
+    # `u` from the old `m`, and nothing orders the two: XLA copies `m` first. Computing the
+    # update in a conditional branch (as train/loop.py's step does) needs no copy.
+    def selected(p, m, g):
+        new_m = 0.9 * m + g
+        u = new_m / (1 + p * p)
+        ok = jnp.isfinite(jnp.sum(g))
+        return jnp.where(ok, p - u, p), jnp.where(ok, new_m, m), jnp.sum(u)
+
+    def conditional(p, m, g):
+        def update(operand):
+            p, m = operand
+            new_m = 0.9 * m + g
+            u = new_m / (1 + p * p)
+            return p - u, new_m, jnp.sum(u)
+        return jax.lax.cond(jnp.isfinite(jnp.sum(g)), update, lambda o: (*o, jnp.zeros(())), (p, m))
+
+    x = jnp.ones((64, 32))
+    hlo = lambda f: jax.jit(f, donate_argnums=(0, 1)).lower(x, x, x).compile().as_text()
+    assert [(name.split(".")[0], shape.split("{")[0]) for name, shape in
+            profile.copied_donated_inputs(hlo(selected))] == [("m", "f32[64,32]")]
+    assert profile.copied_donated_inputs(hlo(conditional)) == []
+
+
 def _rows(table: str) -> list[list[str]]:
     """'  12.3 ms  45.6%  _Net/wide bwd' -> ['12.3', 'ms', '45.6%', '_Net/wide', 'bwd'] (the
     model-part table; the single-op list below it ends it)."""
@@ -94,7 +119,7 @@ def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsy
         holder["p"] = compiled(holder["p"], x)
         return holder["p"]
 
-    run.compiled = compiled
+    run.hlo = compiled.as_text()
     bench.profile_steps(run, str(tmp_path), steps=2)
     out = capsys.readouterr().out
     rows = _rows(out)

@@ -1,6 +1,7 @@
 """The shared training loop on the toy task (train/toy.py), in process, on 8 fake CPU devices."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 
 from audiochat_jax import model_dir
 from audiochat_jax.parallel import sharding
-from audiochat_jax.train import loop, metrics, optimizer, tasks, toy
+from audiochat_jax.train import loop, metrics, optimizer, profile, tasks, toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,6 +156,30 @@ def test_sharded_step_equals_single_device_step():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 2, 2)])
+def test_step_updates_the_donated_state_in_place(mesh_shape):
+    # XLA copies a donated input whose old value may still be read after the write that reuses
+    # its buffer. The default step runs the update in a conditional and copies nothing, on one
+    # device or sharded; the "select" form (new or old per array) copies every param and moment.
+    config = small_config()
+    mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
+    task = toy.toy_task(config, mesh)
+    tx, schedule = optimizer.make_optimizer(config)
+    state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
+    batch = tasks.device_batch(next(task.train_data()), mesh)
+
+    def copied_arrays(nonfinite_skip):
+        step = loop.jit_train_step(task, tx, schedule, shardings, mesh, nonfinite_skip=nonfinite_skip)
+        with jax.set_mesh(mesh), sharding.axis_rules():
+            hlo = step.lower(state, None, batch).compile().as_text()
+        # Scalars (the step count) cost nothing.
+        return [name for name, shape in profile.copied_donated_inputs(hlo) if "[]" not in shape]
+
+    assert config.nonfinite_skip == "cond" and copied_arrays("cond") == []
+    # params, mu and nu: 8 of the 9 arrays on this XLA
+    assert len(copied_arrays("select")) > len(jax.tree.leaves(state.params))
+
+
 def test_gradient_accumulation_equals_full_batch():
     mesh = sharding.make_mesh((2, 2, 2))
     full_state, full_losses = _init_and_step(small_config(), mesh, 2)
@@ -207,9 +232,11 @@ def _register_nan_task(name, bad):
         return task
 
 
-def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("nonfinite_skip", ["cond", "select"])
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, nonfinite_skip):
     _register_nan_task("toy_nan_once", bad=[4])  # the batch of step 5
-    config = small_config("--config.task=toy_nan_once", "--config.total_steps=12")
+    config = small_config("--config.task=toy_nan_once", "--config.total_steps=12",
+                          f"--config.nonfinite_skip={nonfinite_skip}")
     loop.train(config, str(tmp_path))
     tb = str(tmp_path / "tensorboard")
     skipped = metrics.read_scalars(tb, "train/nonfinite")

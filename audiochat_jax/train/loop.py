@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 0                             # 0: evaluate at the end only
     c.max_nonfinite_steps = 10                   # stop after this many skipped steps in a row
+    c.nonfinite_skip = "cond"                    # how a skipped step keeps the state: make_train_step
     c.peak_flops = 0.0                           # per-device peak FLOP/s for MFU (0: no MFU)
     c.init_from = ""                             # model directory whose params start the run
     c.resume_from = ""                           # another run's checkpoint dir (latest step)
@@ -110,7 +111,8 @@ def _microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1):
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1,
+                    nonfinite_skip: str = "cond"):
     """``step(state, frozen, batch) -> (state, metrics)`` for a task's ``loss_fn``.
 
     Gradients are taken w.r.t. ``state.params`` only (``frozen`` and ``state.model_state``
@@ -122,7 +124,18 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
     ``nonfinite_streak`` (the loop stops the run when it is too long). Written by hand
     rather than ``optax.apply_if_finite`` because that checks the gradients only and, after
     its limit, applies the bad update instead of stopping.
+
+    ``nonfinite_skip`` says how the old state is kept (``config.nonfinite_skip``):
+    ``"cond"`` runs the optimizer update in a conditional (only the taken branch runs, and
+    XLA updates the donated state in place); ``"select"`` always runs it and keeps old or new
+    per array with a select. The select reads the old params and moments where nothing
+    orders the read before the update's write into the same donated buffer, so XLA copies
+    every array of the state first: 402 copies a step in the mini align step, 1504 in the
+    7B one (train/profile.py ``copied_donated_inputs``). It is kept for comparison on a
+    backend where a conditional is slow: XLA:GPU reads the predicate on the host.
     """
+    if nonfinite_skip not in ("cond", "select"):
+        raise ValueError(f"config.nonfinite_skip={nonfinite_skip!r}: use 'cond' (the default) or 'select'")
 
     def params_loss(params, model_state, frozen, batch, rng):
         loss, aux = loss_fn({"params": params, **model_state}, frozen, batch, rng)
@@ -165,19 +178,28 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
         loss, aux, model_state, grads = loss_and_grads(state.params, state.model_state, frozen, batch, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def update(operand):
+            params, opt_state, _, new_model_state = operand
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, new_model_state, optax.tree.norm(updates)
+
+        def skip(operand):
+            params, opt_state, old_model_state, _ = operand
+            return params, opt_state, old_model_state, jnp.zeros((), jnp.float32)
+
+        operand = (state.params, state.opt_state, state.model_state, model_state)
+        if nonfinite_skip == "cond":
+            params, opt_state, model_state, update_norm = jax.lax.cond(finite, update, skip, operand)
+        else:
+            params, opt_state, model_state, update_norm = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), update(operand), skip(operand))
         new_state = state.replace(
-            step=state.step + 1,
-            params=keep_if_finite(params, state.params),
-            model_state=keep_if_finite(model_state, state.model_state),
-            opt_state=keep_if_finite(opt_state, state.opt_state),
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         out = dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-                   param_norm=optax.tree.norm(new_state.params),
-                   update_norm=optax.tree.norm(updates),
+                   param_norm=optax.tree.norm(params), update_norm=update_norm,
                    nonfinite_sum=(~finite).astype(jnp.float32))
         return new_state, out
 
@@ -236,9 +258,10 @@ def init_train_state(task: tasks.Task, tx, mesh, seed: int):
     return init(), abstract, shardings
 
 
-def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1):
+def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1,
+                   nonfinite_skip: str = "cond"):
     """The donated, sharded step: ``(state, frozen, batch) -> (state, metrics)``."""
-    step = make_train_step(task.loss, tx, schedule, grad_accum_steps)
+    step = make_train_step(task.loss, tx, schedule, grad_accum_steps, nonfinite_skip)
     frozen_shardings = jax.tree.map(lambda x: x.sharding, task.frozen)
     # The batch's shardings are its own: tasks.device_batch lays every [batch, ...] array
     # out with sharding.batch_sharding, so ``None`` (take the argument's) is exact.
@@ -307,7 +330,7 @@ def train(config, workdir: str) -> dict:
     log(f"task {config.task}: {total:,} parameters, {trainable:,} trainable")
 
     # --- Update step -------------------------------------------------------------------
-    step_fn = jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
+    step_fn = jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps, config.nonfinite_skip)
 
     # --- Checkpoint: resume order ------------------------------------------------------
     # 1. this workdir's latest checkpoint (a restart after preemption or a crash),

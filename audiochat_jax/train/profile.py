@@ -28,7 +28,8 @@ UNNAMED = "(no source op: XLA's copies, layouts, fused gradients)"  # no op_name
 UNMATCHED_DEVICE = "(device time not matched to a step op: CUDA graphs, other executables)"
 # Memcpys whose trace events name no HLO op, though XLA's `copy` instructions issue them: on an
 # H100 without CUDA graphs, 1303 device-to-device memcpys per 7B step, 25 ms of 226 (2026-11-27),
-# nearly all small arrays copied into the step's output state.
+# nearly all arrays of the train state copied because of the non-finite guard's selects
+# (copied_donated_inputs; train/loop.py's step now updates the state in a conditional).
 DEVICE_COPIES = "(device memcpys the trace ties to no HLO op: XLA's copies)"
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
@@ -52,6 +53,25 @@ def hlo_op_names(hlo_text: str) -> dict[str, str]:
             found = next((m for x in bodies.get(called.group(1), []) if (m := re.search(r'op_name="([^"]+)"', x))), None)
         names[inst] = found.group(1) if found else ""
     return names
+
+
+def copied_donated_inputs(hlo_text: str) -> list[tuple[str, str]]:
+    """``[(parameter, shape), ...]``: the donated inputs (those the compiled module aliases to an
+    output, ``input_output_alias``) that its entry computation copies. A train step that updates
+    its state in place copies none but scalars; one that copies its parameters and optimizer
+    moments pays a read and a write of the whole state, and on a GPU a memcpy per array."""
+    header = hlo_text.split("\n", 1)[0]
+    alias = re.search(r"input_output_alias=\{(.*?)\}\s*(?:,\s*\w+=|$)", header)
+    donated = {int(n) for n in re.findall(r"\}:\s*\((\d+),", alias.group(1))} if alias else set()
+    entry = hlo_text[hlo_text.find("\nENTRY"):]
+    params = {m.group(1): (int(m.group(3)), m.group(2)) for m in
+              re.finditer(r"^\s*%([\w.\-]+) = (\S+) parameter\((\d+)\)", entry, re.M)}
+    copied = []
+    for m in re.finditer(r"^\s*(?:ROOT )?%[\w.\-]+ = \S+ copy\(%([\w.\-]+)\)", entry, re.M):
+        number, shape = params.get(m.group(1), (None, ""))
+        if number in donated:
+            copied.append((m.group(1), shape))
+    return copied
 
 
 def model_part(op_name: str) -> str:
