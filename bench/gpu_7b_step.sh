@@ -11,8 +11,9 @@
 #   profile     op time by model part, CUDA graphs off so every kernel is named (docs/performance.md,
 #               "On a GPU, profile without CUDA graphs"): where the time beyond the matmuls goes.
 #   remat_none  --set align.llm_remat_policy=none: no recompute in the frozen LLM's backward.
-#               The planner (python -m audiochat_jax.plan, 1 device) puts it at 30.5 GiB at
-#               batch 8 x 10 s and 57.3 GiB at 8 x 35 s, vs 27.0 / 41.5 GiB with dots_no_batch.
+#               The planner (python -m audiochat_jax.plan, 1 device) puts it at 30.4 GiB at
+#               batch 8 x 10 s and 57.5 GiB at 8 x 35 s, vs 22.2 / 31.4 GiB with dots_no_batch
+#               (stop 21).
 #   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
 #   batch16     --batch_size 16 (2026-11-27: 311.7 ms/step, MFU 0.532 of the measured peak, with
 #               the backward's matmuls in bf16; 440.2 ms, 0.385 before).
