@@ -23,12 +23,12 @@
 #               layer's weights in place of the stacked [32, ...] array instead of a copy per
 #               layer (forward, remat and backward); a hypothesis: the profile says whether
 #               those copies cost anything.
-#   select_skip --set nonfinite_skip=select: the non-finite guard as it was up to stop 20 (a
-#               select per state array, so XLA copies the encoder's train state every step:
-#               1504 arrays in this step's HLO on CPU; likely most of the 1303 device memcpys
-#               in stop 20's profile) against the default conditional (no copies, but XLA:GPU
-#               reads the predicate on the host mid-step). Run it beside baseline: the pair
-#               says which costs more on this GPU; the bench prints the copied arrays.
+#   select_skip --set nonfinite_skip=select: the non-finite guard as a select per state array,
+#               as up to stop 20 (XLA then copies the Adam moments every step: 1220 arrays in
+#               this step's HLO on CPU; stop 20's step copied 1504, likely most of the 1303
+#               device memcpys in its profile) against the default conditional (no copies, but
+#               XLA:GPU reads the predicate on the host mid-step). Run it beside baseline: the
+#               pair says which costs more on this GPU; the bench prints the copied arrays.
 # A part takes 1.5-2.5 min on an H100 (2026-11-27: compile 63-95 s with the scanned conformer,
 # the profile part 138 s), so four fit one command: e.g. `GPU7B_DEADLINE=560 bash
 # bench/gpu_7b_step.sh profile batch16 remat_none dsfusion` with timeout_s 600 ran in 463 s.

@@ -42,10 +42,11 @@ class _Net(nn.Module):
         return nn.Dense(4, name="head")(x)
 
 
-def test_copied_donated_inputs_names_the_donated_arrays_the_compiled_step_copies():
-    # `m` is donated and overwritten by the second select, while the first select recomputes
-    # `u` from the old `m`, and nothing orders the two: XLA copies `m` first. Computing the
-    # update in a conditional branch (as train/loop.py's step does) needs no copy.
+def test_copied_donated_arrays_names_the_donated_arrays_the_compiled_step_copies():
+    # Two ways a donated array escapes an in-place update, each next to its fix.
+    # 1. `m` is overwritten by the second select while the first recomputes `u` from the old
+    #    `m`, and nothing orders the two: XLA copies the input `m` first. In a conditional
+    #    branch (as train/loop.py's step runs the update) nothing is copied.
     def selected(p, m, g):
         new_m = 0.9 * m + g
         u = new_m / (1 + p * p)
@@ -60,11 +61,24 @@ def test_copied_donated_inputs_names_the_donated_arrays_the_compiled_step_copies
             return p - u, new_m, jnp.sum(u)
         return jax.lax.cond(jnp.isfinite(jnp.sum(g)), update, lambda o: (*o, jnp.zeros(())), (p, m))
 
+    # 2. A norm of the update reads the old `p` (a weight-decay term) unordered with the write
+    #    of the new one: XLA computes the new `p` elsewhere and copies it into `p`'s buffer.
+    def with_update_norm(p, m, g):
+        def update(p):
+            u = g + 0.1 * p
+            return p - u, jnp.sum(u * u)
+        return jax.lax.cond(jnp.isfinite(jnp.sum(g)), update, lambda p: (p, jnp.zeros(())), p)
+
+    def without(p, m, g):
+        return jax.lax.cond(jnp.isfinite(jnp.sum(g)), lambda p: p - (g + 0.1 * p), lambda p: p, p)
+
     x = jnp.ones((64, 32))
-    hlo = lambda f: jax.jit(f, donate_argnums=(0, 1)).lower(x, x, x).compile().as_text()
-    assert [(name.split(".")[0], shape.split("{")[0]) for name, shape in
-            profile.copied_donated_inputs(hlo(selected))] == [("m", "f32[64,32]")]
-    assert profile.copied_donated_inputs(hlo(conditional)) == []
+    copied = lambda f: [(name.split(".")[0], shape.split("{")[0]) for name, shape in  # noqa: E731
+                        profile.copied_donated_arrays(jax.jit(f, donate_argnums=(0, 1)).lower(x, x, x).compile().as_text())]
+    assert copied(selected) == [("m", "f32[64,32]")]
+    assert copied(conditional) == []
+    assert copied(with_update_norm) == [("p", "f32[64,32]")]
+    assert copied(without) == []
 
 
 def _rows(table: str) -> list[list[str]]:

@@ -125,14 +125,15 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
     rather than ``optax.apply_if_finite`` because that checks the gradients only and, after
     its limit, applies the bad update instead of stopping.
 
-    ``nonfinite_skip`` says how the old state is kept (``config.nonfinite_skip``):
-    ``"cond"`` runs the optimizer update in a conditional (only the taken branch runs, and
-    XLA updates the donated state in place); ``"select"`` always runs it and keeps old or new
-    per array with a select. The select reads the old params and moments where nothing
-    orders the read before the update's write into the same donated buffer, so XLA copies
-    every array of the state first: 402 copies a step in the mini align step, 1504 in the
-    7B one (train/profile.py ``copied_donated_inputs``). It is kept for comparison on a
-    backend where a conditional is slow: XLA:GPU reads the predicate on the host.
+    The state is donated, and the update is written in place (train/profile.py
+    ``copied_donated_arrays`` lists what is not). ``nonfinite_skip`` (``config.nonfinite_skip``)
+    says how a skipped step keeps the old state. ``"cond"`` runs the optimizer update in a
+    conditional; only the taken branch runs. ``"select"`` always runs it and keeps old or new
+    per array with a select. Each moment's select then reads the old value where nothing
+    orders that read before the update's write into the same donated buffer, so XLA copies
+    every moment first (324 arrays a step in the mini align step, 1220 in the 7B one). It is
+    kept for comparison on a backend where a conditional costs more: XLA:GPU reads the
+    predicate on the host.
     """
     if nonfinite_skip not in ("cond", "select"):
         raise ValueError(f"config.nonfinite_skip={nonfinite_skip!r}: use 'cond' (the default) or 'select'")
@@ -179,27 +180,30 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
+        # No metric reads the updates: their norm reads the old params (weight decay) where
+        # nothing orders that read before the params' in-place update, and XLA copied every
+        # decayed parameter to keep it (282 arrays a step in the 7B config).
         def update(operand):
             params, opt_state, _, new_model_state = operand
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, new_model_state, optax.tree.norm(updates)
+            return optax.apply_updates(params, updates), opt_state, new_model_state
 
         def skip(operand):
             params, opt_state, old_model_state, _ = operand
-            return params, opt_state, old_model_state, jnp.zeros((), jnp.float32)
+            return params, opt_state, old_model_state
 
         operand = (state.params, state.opt_state, state.model_state, model_state)
         if nonfinite_skip == "cond":
-            params, opt_state, model_state, update_norm = jax.lax.cond(finite, update, skip, operand)
+            params, opt_state, model_state = jax.lax.cond(finite, update, skip, operand)
         else:
-            params, opt_state, model_state, update_norm = jax.tree.map(
+            params, opt_state, model_state = jax.tree.map(
                 lambda new, old: jnp.where(finite, new, old), update(operand), skip(operand))
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         out = dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-                   param_norm=optax.tree.norm(params), update_norm=update_norm,
+                   param_norm=optax.tree.norm(params),
                    nonfinite_sum=(~finite).astype(jnp.float32))
         return new_state, out
 

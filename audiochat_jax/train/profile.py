@@ -28,8 +28,9 @@ UNNAMED = "(no source op: XLA's copies, layouts, fused gradients)"  # no op_name
 UNMATCHED_DEVICE = "(device time not matched to a step op: CUDA graphs, other executables)"
 # Memcpys whose trace events name no HLO op, though XLA's `copy` instructions issue them: on an
 # H100 without CUDA graphs, 1303 device-to-device memcpys per 7B step, 25 ms of 226 (2026-11-27),
-# nearly all arrays of the train state copied because of the non-finite guard's selects
-# (copied_donated_inputs; train/loop.py's step now updates the state in a conditional).
+# 990 of the step's 1106 copies being arrays of the train state. On CPU the same step's HLO
+# copies its state because of the non-finite guard's selects and the update-norm metric
+# (copied_donated_arrays); train/loop.py's default step has neither since.
 DEVICE_COPIES = "(device memcpys the trace ties to no HLO op: XLA's copies)"
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
@@ -55,23 +56,33 @@ def hlo_op_names(hlo_text: str) -> dict[str, str]:
     return names
 
 
-def copied_donated_inputs(hlo_text: str) -> list[tuple[str, str]]:
+def copied_donated_arrays(hlo_text: str) -> list[tuple[str, str]]:
     """``[(parameter, shape), ...]``: the donated inputs (those the compiled module aliases to an
-    output, ``input_output_alias``) that its entry computation copies. A train step that updates
-    its state in place copies none but scalars; one that copies its parameters and optimizer
-    moments pays a read and a write of the whole state, and on a GPU a memcpy per array."""
+    output, ``input_output_alias``) whose update is not made in place: the entry computation
+    copies the input before its buffer is reused, or computes the new value elsewhere and
+    copies it into that buffer (a ``copy`` in the root tuple at the aliased output). A train
+    step that updates its state in place copies none but scalars; one that copies its
+    parameters and optimizer moments reads and writes them twice, and on a GPU issues a memcpy
+    per array."""
     header = hlo_text.split("\n", 1)[0]
-    alias = re.search(r"input_output_alias=\{(.*?)\}\s*(?:,\s*\w+=|$)", header)
-    donated = {int(n) for n in re.findall(r"\}:\s*\((\d+),", alias.group(1))} if alias else set()
+    param_of_output = {int(o): int(p) for o, p in re.findall(r"\{(\d+)\}:\s*\((\d+),", header)}
+    donated = set(param_of_output.values())
     entry = hlo_text[hlo_text.find("\nENTRY"):]
     params = {m.group(1): (int(m.group(3)), m.group(2)) for m in
               re.finditer(r"^\s*%([\w.\-]+) = (\S+) parameter\((\d+)\)", entry, re.M)}
-    copied = []
-    for m in re.finditer(r"^\s*(?:ROOT )?%[\w.\-]+ = \S+ copy\(%([\w.\-]+)\)", entry, re.M):
-        number, shape = params.get(m.group(1), (None, ""))
-        if number in donated:
-            copied.append((m.group(1), shape))
-    return copied
+    by_number = {number: (name, shape) for name, (number, shape) in params.items()}
+    copy_of = {m.group(1): m.group(2) for m in
+               re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ copy\(%([\w.\-]+)\)", entry, re.M)}
+    copied = {}
+    for operand in copy_of.values():
+        if operand in params and params[operand][0] in donated:
+            copied[operand] = params[operand][1]
+    root = re.search(r"^\s*ROOT %[\w.\-]+ = .* tuple\(([^)]*)\)", entry, re.M)
+    outputs = re.findall(r"%([\w.\-]+)", root.group(1)) if root else []
+    for index, name in enumerate(outputs):
+        if name in copy_of and index in param_of_output:
+            copied.setdefault(*by_number[param_of_output[index]])
+    return sorted(copied.items())
 
 
 def model_part(op_name: str) -> str:
