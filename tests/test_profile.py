@@ -72,9 +72,11 @@ def test_copied_donated_arrays_names_the_donated_arrays_the_compiled_step_copies
     def without(p, m, g):
         return jax.lax.cond(jnp.isfinite(jnp.sum(g)), lambda p: p - (g + 0.1 * p), lambda p: p, p)
 
-    x = jnp.ones((64, 32))
-    copied = lambda f: [(name.split(".")[0], shape.split("{")[0]) for name, shape in  # noqa: E731
-                        profile.copied_donated_arrays(jax.jit(f, donate_argnums=(0, 1)).lower(x, x, x).compile().as_text())]
+    def copied(f):
+        x = jnp.ones((64, 32))
+        hlo = jax.jit(f, donate_argnums=(0, 1)).lower(x, x, x).compile().as_text()
+        return [(name.split(".")[0], shape.split("{")[0]) for name, shape in profile.copied_donated_arrays(hlo)]
+
     assert copied(selected) == [("m", "f32[64,32]")]
     assert copied(conditional) == []
     assert copied(with_update_norm) == [("p", "f32[64,32]")]
