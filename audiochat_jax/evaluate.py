@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from audiochat_jax import huge_pages
 from audiochat_jax.eval import cascade, perplexity, qa, render, report, robustness, translation
 from audiochat_jax.eval.config import SWEEPS
 from audiochat_jax.eval.prompting import Prompter, content_parts, response_ids
@@ -273,4 +274,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     main()

@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from audiochat_jax import huge_pages
+
 STAGES = ("corpus", "tokenizer", "lm", "speech", "ctc", "responses", "align", "evaluate")
 MARKER = "DONE.json"
 SPEECH_DIR = os.path.join("speech", "synthetic_speech", "1.0.0")  # data/synth.py's layout
@@ -381,4 +383,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     main()

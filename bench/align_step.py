@@ -66,6 +66,7 @@ import argparse
 import faulthandler
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -75,6 +76,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from audiochat_jax import huge_pages  # noqa: E402
+
+if __name__ == "__main__":  # before the heavy imports: it reruns this command (AUDIOCHAT_HUGE_PAGES=0: not)
+    huge_pages.reexec_with_huge_pages()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -282,13 +287,20 @@ def make_config_step(config_arg: str, batch_size: int, samples: int, llm_layers:
 
 
 def time_steps(run, steps: int) -> list[float]:
-    """Seconds of each of ``steps`` steps, after one warm-up step."""
+    """Seconds of each of ``steps`` steps, after one warm-up step. Also prints the host's
+    minor page faults per step (the temporaries XLA:CPU allocates each step: audiochat_jax/
+    huge_pages.py)."""
     jax.block_until_ready(run())
-    times = []
+    times, faults = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    print(f"  host memory: {statistics.median(faults):.0f} page faults per step; glibc huge pages "
+          f"{'on' if huge_pages.TUNABLE + '=1' in tunables else 'off'}, kernel THP mode "
+          f"{huge_pages.thp_mode()}", flush=True)
     return times
 
 

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from audiochat_jax import huge_pages
 from audiochat_jax.data.mini_world import ATTRIBUTES, MiniWorld, answer_in_reply
 from audiochat_jax.eval import render
 from audiochat_jax.eval.prompting import Prompter, content_parts
@@ -275,4 +276,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     sys.exit(main())

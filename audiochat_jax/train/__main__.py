@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from audiochat_jax import huge_pages
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/smoke_toy.py (optionally :arg); override fields "
     "with --config.key=value.", lock_config=True)
@@ -39,4 +41,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     app.run(main)

@@ -204,7 +204,8 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         out = dict(aux, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
                    param_norm=optax.tree.norm(params),
-                   nonfinite_sum=(~finite).astype(jnp.float32))
+                   nonfinite_sum=(~finite).astype(jnp.float32),
+                   nonfinite_streak=new_state.nonfinite_streak)  # for the loop, not logged
         return new_state, out
 
     return step
@@ -399,6 +400,15 @@ def train(config, workdir: str) -> dict:
             writer.write(step, result["eval"], prefix="eval")
             writer.exclude(time.perf_counter() - t0)  # eval time is not step time
 
+    def stop_if_nonfinite(step, streak):
+        if int(streak) >= config.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{int(streak)} consecutive steps (up to step {step}) had a non-finite loss or "
+                f"gradient norm; their updates were skipped ({int(state.nonfinite_total)} in "
+                f"the run). The last checkpoint in {ckpt.directory} is step {ckpt.latest_step()}. "
+                "Check the input data for NaN/inf, lower config.optimizer.learning_rate or "
+                "raise config.optimizer.warmup_steps.")
+
     # --- Loop --------------------------------------------------------------------------
     try:
         step = start
@@ -406,28 +416,29 @@ def train(config, workdir: str) -> dict:
             batch, data_state = fetch()
             compile_for(state, batch)  # later buckets compile (and are logged) on first sight
         writer.restart_clock()
+        # The loop never waits for the step it has just dispatched: it reads the streak of
+        # the step before, which has finished (or nearly), so the host queues the next step
+        # while this one runs and the device has no gap between steps. So a too-long streak
+        # stops the run one step later than it ends.
+        previous = None  # (step, its nonfinite streak on the device)
         while step < config.total_steps:
             tracer.before(step + 1)
             state, step_metrics = compile_for(state, batch)(state, task.frozen, batch)
             step += 1
+            streak = step_metrics.pop("nonfinite_streak")
+            if previous is not None:
+                stop_if_nonfinite(*previous)
+            previous = (step, streak)
             step_data_state = data_state
             if step < config.total_steps:
                 batch, data_state = fetch()  # host input overlaps the dispatched step
             logged = writer.step(step, step_metrics, force=step == config.total_steps)
             if logged:
                 result["train"] = logged
-            streak = int(state.nonfinite_streak)
             t0 = time.perf_counter()
-            if table := tracer.after(step, lambda: [c.as_text() for c in compiled.values()]):
+            if table := tracer.after(step, lambda: [c.as_text() for c in compiled.values()], state):
                 log(table)
                 writer.exclude(time.perf_counter() - t0)  # writing the trace is not step time
-            if streak >= config.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{streak} consecutive steps (up to step {step}) had a non-finite loss or "
-                    f"gradient norm; their updates were skipped ({int(state.nonfinite_total)} in "
-                    f"the run). The last checkpoint in {ckpt.directory} is step {ckpt.latest_step()}. "
-                    "Check the input data for NaN/inf, lower config.optimizer.learning_rate or "
-                    "raise config.optimizer.warmup_steps.")
             preempted = watch.reached(step)
             ckpt.save(step, state, step_data_state, force=preempted or step == config.total_steps)
             if preempted:
@@ -437,6 +448,8 @@ def train(config, workdir: str) -> dict:
                 return result
             if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
                 evaluate(step)
+        if previous is not None:
+            stop_if_nonfinite(*previous)
         result["step"] = step
         evaluate(step)
 

@@ -17,7 +17,7 @@ import gzip
 import json
 import os
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -205,12 +205,13 @@ class StepTrace:
             jax.profiler.start_trace(self.out_dir, create_perfetto_trace=True)
             self.active = True
 
-    def after(self, step: int, hlo_texts: Callable[[], list[str]]) -> str | None:
-        """Call once step ``step`` has finished (its outputs read back); ``hlo_texts()`` gives
-        the HLO of the step's executables (called only at the end of the window). Returns
-        the table after the last traced step, else None."""
+    def after(self, step: int, hlo_texts: Callable[[], list[str]], outputs: Any = None) -> str | None:
+        """Call after dispatching step ``step``; ``outputs`` (its results) are waited for before
+        the trace stops. ``hlo_texts()`` gives the HLO of the step's executables (called only
+        at the end of the window). Returns the table after the last traced step, else None."""
         if not self.active or step < self.first + self.steps - 1:
             return None
+        jax.block_until_ready(outputs)  # the loop does not wait for its steps
         jax.profiler.stop_trace()
         self.active = False
         texts = hlo_texts()
