@@ -6,9 +6,9 @@ and gives it back with ``munmap``, so every step faults in and zero-fills new 4 
 92k page faults a step, and about a quarter of the step's CPU time was the kernel's
 (docs/performance.md, *Host memory*). With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc >= 2.35) glibc marks those regions ``MADV_HUGEPAGE``, so where the kernel's
-transparent huge pages are in ``madvise`` mode (the common default) they come in 2 MiB
-pages: about 360 faults a step, and far fewer TLB misses on the large activations. On the
-2-core dev CPU the mini align step went from 369-465 ms to 305-349 ms (bench/huge_pages.py).
+transparent huge pages are in ``madvise`` mode they come in 2 MiB pages: about 370 faults a
+step (and, likely, fewer TLB misses). On the 2-core dev CPU the mini align step took 0.71x
+the time, the 7B config's step (LLM cut to one layer) 0.67x (bench/huge_pages.py).
 
 glibc reads its tunables only when a process starts, so the command-line entry points call
 ``reexec_with_huge_pages()`` first: it runs the same command again in the same process

@@ -41,13 +41,13 @@ SCRIPT = textwrap.dedent("""
     print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), flush=True)
     if __name__ == "__main__":
         huge_pages.reexec_with_huge_pages(mode="madvise")
-    print("main", os.getpid(), sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
+    print("main", os.getpid(), sys.flags.optimize, sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
 """)
 
 
 def _run(script, env):
     env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
-    out = subprocess.run([sys.executable, "-u", str(script), "a", "--b=1"], env=env,
+    out = subprocess.run([sys.executable, "-O", str(script), "a", "--b=1"], env=env,
                          capture_output=True, text=True, check=True)
     return [line.split(" ", 2) for line in out.stdout.splitlines()]
 
@@ -59,11 +59,11 @@ def test_reexec_reruns_the_same_command_in_the_same_process_with_the_tunable(tmp
     lines = _run(script, {"GLIBC_TUNABLES": None, "AUDIOCHAT_HUGE_PAGES": None})
     assert [line[0] for line in lines] == ["start", "start", "main"]
     assert len({line[1] for line in lines}) == 1  # execve: same PID
-    assert lines[0][2] == "" and lines[1][2] == lines[2][2].rsplit(" ", 1)[-1] == "glibc.malloc.hugetlb=1"
-    assert "['a', '--b=1']" in lines[2][2]  # the arguments (and -u) survive
+    assert lines[0][2] == "" and lines[1][2] == "glibc.malloc.hugetlb=1"
+    assert lines[2][2] == "1 ['a', '--b=1'] glibc.malloc.hugetlb=1"  # -O and the arguments survive
     # Opted out: runs once, as started.
     lines = _run(script, {"GLIBC_TUNABLES": None, "AUDIOCHAT_HUGE_PAGES": "0"})
-    assert [line[0] for line in lines] == ["start", "main"] and lines[1][2].endswith("] ")
+    assert [line[0] for line in lines] == ["start", "main"] and lines[1][2] == "1 ['a', '--b=1'] "
 
 
 ALLOCATE = textwrap.dedent("""
