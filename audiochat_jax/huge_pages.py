@@ -47,6 +47,11 @@ def _glibc_has_hugetlb() -> bool:
         return False
 
 
+def enabled(environ=None) -> bool:
+    """Whether ``environ`` (default ``os.environ``) asks glibc for huge pages."""
+    return f"{TUNABLE}=1" in (os.environ if environ is None else environ).get("GLIBC_TUNABLES", "")
+
+
 def huge_pages_environ(environ=None, mode: str | None = None) -> dict[str, str] | None:
     """``environ`` (default ``os.environ``) with ``glibc.malloc.hugetlb=1`` added to
     ``GLIBC_TUNABLES``, or None where it would change nothing (see the module docstring).

@@ -297,9 +297,8 @@ def time_steps(run, steps: int) -> list[float]:
         jax.block_until_ready(run())
         times.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
     print(f"  host memory: {statistics.median(faults):.0f} page faults per step; glibc huge pages "
-          f"{'on' if huge_pages.TUNABLE + '=1' in tunables else 'off'}, kernel THP mode "
+          f"{'on' if huge_pages.enabled() else 'off'}, kernel THP mode "
           f"{huge_pages.thp_mode()}", flush=True)
     return times
 

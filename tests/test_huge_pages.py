@@ -20,6 +20,7 @@ def test_environ_adds_the_tunable_only_where_it_helps():
     env = huge_pages.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"}, mode="madvise")
     assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "1"}
     assert huge_pages.huge_pages_environ({}, mode="madvise") == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert huge_pages.enabled(env) and not huge_pages.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     # Already huge (always), no THP (never), already set, or opted out: nothing to do.
     for environ, mode in (({}, "always"), ({}, "never"), ({}, None),
                           ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise"),
