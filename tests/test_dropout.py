@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiochat_jax.models.dropout import Dropout, keep_mask
+from audiochat_jax.models.dropout import Dropout, keep_mask, random_bits
 from audiochat_jax.parallel import sharding
 
 DROP = round(0.1 * 65536) / 65536       # the rate as drawn: 6554 / 65536
@@ -27,6 +27,26 @@ def test_keep_mask_drops_at_the_rate_with_independent_halves_of_each_word():
     # Same key, same mask; another key, another mask.
     np.testing.assert_array_equal(mask, keep_mask(jax.random.key(0), 0.1, (64, 125, 129)))
     assert (mask != np.asarray(keep_mask(jax.random.key(1), 0.1, (64, 125, 129)))).mean() > 0.1
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (16, 75, 288), (2, 3, 4, 5)])
+def test_random_bits_are_jax_random_bits_bit_for_bit(shape):
+    """The unrolled hash draws the very words jax.random.bits draws, for new-style and raw
+    keys; other key types go to jax.random.bits itself."""
+    for key in (jax.random.key(3), jax.random.PRNGKey(11), jax.random.key(5, impl="rbg")):
+        ours = jax.jit(random_bits, static_argnums=1)(key, shape)
+        assert ours.dtype == jnp.uint32 and ours.shape == shape
+        np.testing.assert_array_equal(ours, jax.random.bits(key, shape, jnp.uint32))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rolled loop is JAX's CPU lowering")
+def test_mask_hash_has_no_loop_on_cpu():
+    """On CPU jax.random.bits lowers its hash as a 5-iteration while loop over the whole
+    counter arrays; the mask's hash is unrolled, so XLA can fuse it into the mask's consumer."""
+    key = jax.random.key(0)
+    text = lambda f: jax.jit(f).lower(key).compile().as_text()
+    assert " while(" in text(lambda k: jax.random.bits(k, (16, 75, 288), jnp.uint32) >= 7)  # the premise
+    assert " while(" not in text(lambda k: keep_mask(k, 0.1, (16, 75, 576)))
 
 
 def test_dropout_keeps_the_expectation_and_is_the_identity_when_deterministic():
