@@ -185,6 +185,28 @@ def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
                         name=name, **_dtypes(cfg))
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution as a matmul over channels: ``nn.Conv(features, (1, 1))``'s parameters
+    (kernel [1, 1, in, features], bias [features]), its outputs, and a kernel gradient that is
+    one [in, n] x [n, features] matmul. XLA computes ``nn.Conv``'s kernel gradient as a
+    convolution whose window is the whole [frames, mels] plane, with the activations copied
+    in a transposed layout: in the mini align step on the 2-core CPU those two ops took ~10 ms
+    of op time for 49 MFLOP, and the step took 0.976x the time with this module (one process,
+    the two steps in turn; docs/performance.md, stop 23). [batch, ..., in] -> [batch, ..., features].
+    """
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _kernel(("conv_k", None, "conv_in", "conv_out")),
+                            (1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", _zeros(("norm",)), (self.features,), self.param_dtype)
+        y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
 class ConvSubsampling(nn.Module):
     """Time (and mel) subsampling by ``config.subsampling_factor`` with 2-D convolutions.
 
@@ -207,9 +229,11 @@ class ConvSubsampling(nn.Module):
             if groups > 1:
                 x = DepthwiseConv(c, (kernel, kernel), (stride, stride), (pad, pad), name=f"conv_{idx}",
                                   kernel_axes=("conv_k", None, "conv_in", "conv_out"), **_dtypes(cfg))(x)
+            elif kernel == 1:
+                x = PointwiseConv(c, name=f"conv_{idx}", **_dtypes(cfg))(x)
             else:
                 x = nn.Conv(c, (kernel, kernel), strides=(stride, stride),
-                            padding=(pad, pad) if kernel > 1 else "VALID", name=f"conv_{idx}",
+                            padding=(pad, pad), name=f"conv_{idx}",
                             # A name may not repeat: the mel-tap axis stays unnamed (replicated like conv_k).
                             kernel_init=_kernel(("conv_k", None, "conv_in", "conv_out")),
                             bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
