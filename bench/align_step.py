@@ -8,8 +8,10 @@ temporary directory — the frozen LLM (d=128, 4 layers, vocab 1000), the confor
 configs/conformer_mini.py (d=144, 4 blocks, 32-channel subsampling) and an MLP projector, in
 float32 as the mini world trains them — and times the real jitted, donated train step of the
 shared loop (train/loop.py) on one device: log-mel, encoder, projector, splice, frozen-LLM
-forward + backward to the audio embeddings, AdamW. FLOPs per step are XLA's count for the
-compiled step (``cost_analysis``). The peak is measured in the same run: a jitted 2048^3
+forward + backward to the audio embeddings, AdamW. FLOPs per step are the step's matmuls
+(``loop.matmul_flops``: its dots and convolutions, as the trainer's MFU counts them); XLA's
+count of all its ops (``cost_analysis``: + norms, softmax, dropout's hashing, AdamW) is printed
+beside them. The peak is measured in the same run: a jitted 2048^3
 matmul, the faster of float32 and bfloat16 inputs (float32 accumulation), median of 5, before
 and after the step timing. Prints step time, achieved GFLOP/s, the peak, and MFU = achieved /
 peak (target >= 0.5). ``--profile DIR`` then traces 3 steps into DIR and prints op time by
@@ -21,8 +23,8 @@ model part (train/profile.py; docs/performance.md reads one).
 LLM (Llama-2-7B dimensions, scanned, bf16, its remat policy) with random weights made on the
 device (no model directory: the 13.5 GB would only be written and read back), the paper
 conformer of the config's ``plan`` section, at the config's per-device batch (``--batch_size``
-overrides) and ``--llm_layers`` to cut the depth. FLOPs = XLA's count + the scanned layers it
-counts once (``task.uncounted_flops``, as the trainer's MFU). On a GPU the peak is measured
+overrides) and ``--llm_layers`` to cut the depth. FLOPs = the matmul count + the scanned layers
+it counts once (``task.uncounted_flops``, as the trainer's MFU). On a GPU the peak is measured
 with 8192^3 bf16 matmuls (``--peak_n``), and the chip's data-sheet peak is printed beside it.
 
 Measured (2026-11-26; the GPU runs with jax 0.11.2 / flax 0.12.10, the code unchanged; all in
@@ -56,6 +58,13 @@ docs/performance.md):
                                            of f32, with the 1-D conv's kernel gradient as a
                                            matmul and lengths without floor division
                                            (2026-11-27; 368-382 ms vs 386-415 ms, in turn)
+                                           321.0 ms/step: MFU 0.230 of bf16, 0.409 of f32, with
+                                           huge pages (2026-11-27, stop 22)
+                                           325.8 ms/step (min 295.7) on a busy machine: MFU
+                                           0.219 of bf16, 0.399 of f32 on the matmul FLOPs
+                                           (23.48 G; XLA's count 26.61 G), with dropout's hash
+                                           unrolled and the stem's 1x1 conv as a matmul: 0.957-
+                                           0.973 of the stop-22 step's time (align_step_ab.py)
 GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
 are not named in the trace; docs/performance.md), and time steps without it.
 bench/gpu_7b_step.sh runs this bench's GPU checks of the 7B step within a device session.
@@ -153,8 +162,9 @@ def random_host_batch(batch_size: int, samples: int, label_length: int, response
 
 def compiled_step(task, config, mesh, host_batch: dict):
     """``(run, flops)`` for the trainer's real jitted, donated step of ``task``: ``run()``
-    executes one step on ``host_batch`` (state carried); ``flops`` = XLA's count per step +
-    the scanned layers it counts once."""
+    executes one step on ``host_batch`` (state carried); ``flops`` = the step's matmul FLOPs
+    (``loop.matmul_flops``) + the scanned layers counted once; ``run.xla_flops`` = XLA's count
+    of all ops + the same."""
     from audiochat_jax.parallel import sharding
     from audiochat_jax.train import loop, optimizer, tasks
     patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
@@ -164,7 +174,8 @@ def compiled_step(task, config, mesh, host_batch: dict):
     batch = tasks.device_batch(host_batch, mesh)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
-        compiled = step.lower(state, task.frozen, batch).compile()
+        lowered = step.lower(state, task.frozen, batch)
+        compiled = lowered.compile()
     print(f"  compiled the step in {time.perf_counter() - t0:.1f}s", flush=True)
     # A step that updates its donated state in place copies none of it (train/loop.py
     # make_train_step; stop 20's step copied 1504 arrays in the 7B config, 402 in the mini one).
@@ -173,9 +184,9 @@ def compiled_step(task, config, mesh, host_batch: dict):
     copied = [name for name, shape in profile.copied_donated_arrays(hlo) if "[]" not in shape]
     print(f"  donated state arrays not updated in place (copied each step): {len(copied)}"
           + (f" (e.g. {copied[0]})" if copied else ""), flush=True)
-    flops = loop.compiled_flops(compiled)
+    flops, xla_flops = loop.matmul_flops(lowered.as_text(dialect="hlo")), loop.compiled_flops(compiled)
     if task.uncounted_flops is not None:
-        flops += task.uncounted_flops(batch)
+        flops, xla_flops = flops + task.uncounted_flops(batch), xla_flops + task.uncounted_flops(batch)
     holder = {"state": state}
 
     def run():
@@ -184,13 +195,14 @@ def compiled_step(task, config, mesh, host_batch: dict):
         return m["loss"]
 
     run.hlo = hlo  # for --profile: it maps trace ops to source op names
+    run.xla_flops = xla_flops
     return run, flops
 
 
 def make_align_step(root: str, batch_size: int, samples: int, label_length: int = 48,
                     response_length: int = 48, overrides: list[str] = (), **align_overrides):
     """``(run, flops)``: ``run()`` executes one real align train step (state donated and carried)
-    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = XLA's count per step.
+    on a random batch of ``batch_size`` x ``samples`` audio; ``flops`` = its matmul FLOPs.
     ``overrides`` (``--set``) change the trainer's config (e.g. ``nonfinite_skip=select``,
     ``align.encoder_dtype=bfloat16``); the model sizes are the mini world's, written here."""
     from audiochat_jax.parallel import sharding
@@ -369,7 +381,7 @@ def main():
             if args.profile:
                 profile_steps(run, args.profile)
     print(f"{what}: built, compiled and ran {args.steps + 1} steps in {time.perf_counter() - t0:.1f}s; "
-          f"FLOPs/step {flops / 1e9:.2f} G")
+          f"FLOPs/step {flops / 1e9:.2f} G in matmuls (XLA's count of all ops: {run.xla_flops / 1e9:.2f} G)")
     # Before and after: the machine is shared and noisy.
     peaks = {d: max(p, q) for (d, p), q in zip(peaks_before.items(), square_peaks().values())}
     peak = max(peaks.values())

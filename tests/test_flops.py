@@ -81,3 +81,40 @@ def test_scanned_conformer_count_plus_uncounted_equals_unrolled_count(train, rem
     # (~3.5% at d=64: the bound is for widths like the mini encoder's 144 and up).
     assert abs(scanned + missed - unrolled) / unrolled < 0.03, (scanned, missed, unrolled)
     assert conformer.scanned_flops_uncounted(cfg.replace(scan_layers=False), frames, B, train) == 0.0
+
+
+def test_matmul_flops_counts_each_dot_and_convolution_once():
+    """loop.matmul_flops (the MFU's FLOPs): 2 x outputs x contracted size per dot, 2 x outputs
+    x kernel inputs x window per convolution, a while body once; the same from the text before
+    and after XLA's optimisations; XLA's own count agrees on a lone matmul."""
+    from audiochat_jax.train import loop
+    a, b, c, t = 6, 16, 32, 3
+
+    def f(x, w, k):
+        y = x @ w                                                   # 2abc
+        z = jax.lax.conv_general_dilated(x[None, :, :, None], k, (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # out [1, a-2, b-2, 4]
+        carry, _ = jax.lax.scan(lambda h, _: ((h @ w) @ w.T, None), x, None, length=t)  # 2 x 2abc, once
+        return y.sum() + z.sum() + carry.sum() + jnp.tanh(x).sum()   # elementwise work is not counted
+
+    args = (jnp.ones((a, b)), jnp.ones((b, c)), jnp.ones((3, 3, 1, 4)))
+    want = 2 * a * b * c + 2 * (a - 2) * (b - 2) * 4 * 9 + 2 * 2 * a * b * c
+    lowered = jax.jit(f).lower(*args)
+    assert loop.matmul_flops(lowered.as_text(dialect="hlo")) == want
+    assert loop.matmul_flops(lowered.compile().as_text()) == want
+    dot = jax.jit(lambda x, w: x @ w).lower(*args[:2])
+    assert loop.matmul_flops(dot.as_text(dialect="hlo")) == loop.compiled_flops(dot.compile()) == 2 * a * b * c
+
+
+def test_matmul_flops_of_a_sharded_step_are_the_whole_steps(n_devices):
+    """The text before partitioning has global shapes: a batch-sharded matmul on 8 devices
+    counts the FLOPs of the whole product (the trainer's MFU divides by all devices' peak)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from audiochat_jax.parallel import sharding
+    from audiochat_jax.train import loop
+    mesh = sharding.make_mesh((2, 2, 2))
+    x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
+    f = jax.jit(lambda x, w: x @ w, in_shardings=(NamedSharding(mesh, P(("data", "fsdp"), None)),
+                                                  NamedSharding(mesh, P(None, "tensor"))))
+    assert n_devices == 8
+    assert loop.matmul_flops(f.lower(x, w).as_text(dialect="hlo")) == 2 * 64 * 32 * 16

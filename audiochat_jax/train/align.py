@@ -38,9 +38,9 @@ ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / en
 ("" = as saved).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
-tokens: tokens/s). MFU uses XLA's FLOP count of each compiled step plus, for a scanned LLM or
-conformer, the layers XLA counts once (``uncounted_flops``: ``llama.scanned_flops_uncounted``,
-``conformer.scanned_flops_uncounted``).
+tokens: tokens/s). MFU uses the matmul FLOPs of each compiled step (``loop.matmul_flops``)
+plus, for a scanned LLM or conformer, the layers that count sees once (``uncounted_flops``:
+``llama.scanned_flops_uncounted``, ``conformer.scanned_flops_uncounted``).
 Eval per split: ``{split}/audio_loss|audio_ppl|audio_accuracy`` and the text-prompted
 ``{split}/text_loss|text_ppl|text_accuracy``; the first eval split is compared with the
 train split (same number of batches): ``gap/audio_loss`` (held-out - train) and

@@ -55,10 +55,12 @@ class Task:
     export:     ``(variables, out_dir) -> None`` writes a model directory (model_dir.py) at the end.
     frozen:     a tree of sharded arrays passed to every step and eval, never updated or
                 differentiated (the LLM during alignment); ``None`` when there are none.
-    flops_per_step: analytic FLOPs of one step over all devices (0: use XLA's cost analysis).
-    uncounted_flops: ``batch -> float``, FLOPs of one step over all devices that XLA's cost
-                analysis misses for a batch of these shapes (it counts a scanned layer stack's
-                body once: ``llama.scanned_flops_uncounted``); added to XLA's count for MFU.
+    flops_per_step: analytic FLOPs of one step over all devices (0: count the compiled
+                step's matmuls, ``loop.matmul_flops``).
+    uncounted_flops: ``batch -> float``, matmul FLOPs of one step over all devices that a
+                count of the step's HLO misses for a batch of these shapes (a scanned layer
+                stack's body is counted once: ``llama.scanned_flops_uncounted``); added to
+                that count for MFU.
     frozen_patterns: regexes over parameter paths, added to ``config.optimizer.frozen_patterns``
                 (no update, no Adam moments, no weight decay): parts of the trained tree the
                 task's own config freezes (alignment's ``trainable="projector"``).
