@@ -471,7 +471,7 @@ def train(config, workdir: str) -> dict:
         # stops the run one step later than it ends.
         previous = None  # (step, its nonfinite streak on the device)
         while step < config.total_steps:
-            tracer.before(step + 1)
+            tracer.before(step + 1, state)
             state, step_metrics = compile_for(state, batch)(state, task.frozen, batch)
             step += 1
             streak = step_metrics.pop("nonfinite_streak")

@@ -198,11 +198,21 @@ class StepTrace:
         self.out_dir, self.first, self.steps = out_dir, max(1, start_step), steps
         self.active = False
 
-    def before(self, step: int) -> None:
-        """Call before dispatching step ``step``."""
+    def before(self, step: int, pending: Any = None) -> None:
+        """Call before dispatching step ``step``; ``pending`` (the outputs of steps still
+        running: the loop does not wait for its steps) are waited for first, so that the
+        trace holds the traced steps' ops and no earlier step's."""
         if self.steps > 0 and step == self.first and not self.active:
+            jax.block_until_ready(pending)
             os.makedirs(self.out_dir, exist_ok=True)
-            jax.profiler.start_trace(self.out_dir, create_perfetto_trace=True)
+            # No Python tracer: starting it sets a profile hook in every Python thread, and a
+            # thread that exits meanwhile (the trainer has several: async checkpointing,
+            # TensorBoard, tqdm) crashed the process: a segfault in XLA's
+            # PythonHookContext::SetProfilerInAllThreads, in about 1 of 10 runs of
+            # tests/test_profile.py's trainer test. The tables read XLA's op events only.
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = 0
+            jax.profiler.start_trace(self.out_dir, create_perfetto_trace=True, profiler_options=options)
             self.active = True
 
     def after(self, step: int, hlo_texts: Callable[[], list[str]], outputs: Any = None) -> str | None:
