@@ -205,11 +205,12 @@ class StepTrace:
         if self.steps > 0 and step == self.first and not self.active:
             jax.block_until_ready(pending)
             os.makedirs(self.out_dir, exist_ok=True)
-            # No Python tracer: starting it sets a profile hook in every Python thread, and a
-            # thread that exits meanwhile (the trainer has several: async checkpointing,
-            # TensorBoard, tqdm) crashed the process: a segfault in XLA's
-            # PythonHookContext::SetProfilerInAllThreads, in about 1 of 10 runs of
-            # tests/test_profile.py's trainer test. The tables read XLA's op events only.
+            # No Python tracer: starting it sets a profile hook in every Python thread, and it
+            # crashed the process on one thread's state, most likely a thread exiting meanwhile
+            # (the trainer has several: async checkpointing, TensorBoard, tqdm): a segfault in
+            # XLA's PythonHookContext::SetProfilerInAllThreads, in 4 of 44 runs of
+            # tests/test_profile.py's trainer test (none in 30 after). The tables read XLA's
+            # op events only.
             options = jax.profiler.ProfileOptions()
             options.python_tracer_level = 0
             jax.profiler.start_trace(self.out_dir, create_perfetto_trace=True, profiler_options=options)
