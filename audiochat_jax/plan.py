@@ -177,7 +177,7 @@ def plan(config, devices: int = 0, chip: str | None = None, check_flops: bool = 
     """Compiles and measures; returns the report dict (also what :func:`main` prints)."""
     import jax
     from audiochat_jax.parallel import sharding
-    from audiochat_jax.train import loop
+    from audiochat_jax.train import flop_count
 
     # No loop.check_config: the data/model paths may stay unset, planning reads nothing.
     chip = chip or config.plan.chip
@@ -193,11 +193,11 @@ def plan(config, devices: int = 0, chip: str | None = None, check_flops: bool = 
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} x grad_accum_steps")
     compiled, state, seconds, uncounted = compile_step(config, mesh)
     mem = compiled.memory_analysis()
-    f_scan = loop.compiled_flops(compiled)
+    f_scan = flop_count.compiled_flops(compiled)
     flops = f_scan + uncounted / n  # per device: every device does 1/n of the global work
     checked = {}
     if check_flops and config.llm.scan_layers:
-        f2 = loop.compiled_flops(compile_step(config, mesh, 2)[0])
+        f2 = flop_count.compiled_flops(compile_step(config, mesh, 2)[0])
         checked["flops_per_device_unrolled_check"] = f_scan + (config.llm.n_layers - 1) * (f2 - f_scan)
     spec = CHIPS[chip]
     total_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes

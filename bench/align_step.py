@@ -9,7 +9,7 @@ configs/conformer_mini.py (d=144, 4 blocks, 32-channel subsampling) and an MLP p
 float32 as the mini world trains them — and times the real jitted, donated train step of the
 shared loop (train/loop.py) on one device: log-mel, encoder, projector, splice, frozen-LLM
 forward + backward to the audio embeddings, AdamW. FLOPs per step are the step's matmuls
-(``loop.matmul_flops``: its dots and convolutions, as the trainer's MFU counts them); XLA's
+(``flop_count.matmul_flops``: its dots and convolutions, as the trainer's MFU counts them); XLA's
 count of all its ops (``cost_analysis``: + norms, softmax, dropout's hashing, AdamW) is printed
 beside them. The peak is measured in the same run: a jitted 2048^3
 matmul, the faster of float32 and bfloat16 inputs (float32 accumulation), median of 5, before
@@ -163,10 +163,10 @@ def random_host_batch(batch_size: int, samples: int, label_length: int, response
 def compiled_step(task, config, mesh, host_batch: dict):
     """``(run, flops)`` for the trainer's real jitted, donated step of ``task``: ``run()``
     executes one step on ``host_batch`` (state carried); ``flops`` = the step's matmul FLOPs
-    (``loop.matmul_flops``) + the scanned layers counted once; ``run.xla_flops`` = XLA's count
+    (``flop_count.matmul_flops``) + the scanned layers counted once; ``run.xla_flops`` = XLA's count
     of all ops + the same."""
     from audiochat_jax.parallel import sharding
-    from audiochat_jax.train import loop, optimizer, tasks
+    from audiochat_jax.train import flop_count, loop, optimizer, tasks
     patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
     tx, schedule = optimizer.make_optimizer(config, patterns)
     state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
@@ -184,7 +184,7 @@ def compiled_step(task, config, mesh, host_batch: dict):
     copied = [name for name, shape in profile.copied_donated_arrays(hlo) if "[]" not in shape]
     print(f"  donated state arrays not updated in place (copied each step): {len(copied)}"
           + (f" (e.g. {copied[0]})" if copied else ""), flush=True)
-    flops, xla_flops = loop.matmul_flops(lowered.as_text(dialect="hlo")), loop.compiled_flops(compiled)
+    flops, xla_flops = flop_count.matmul_flops(lowered.as_text(dialect="hlo")), flop_count.compiled_flops(compiled)
     if task.uncounted_flops is not None:
         flops, xla_flops = flops + task.uncounted_flops(batch), xla_flops + task.uncounted_flops(batch)
     holder = {"state": state}

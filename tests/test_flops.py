@@ -84,10 +84,10 @@ def test_scanned_conformer_count_plus_uncounted_equals_unrolled_count(train, rem
 
 
 def test_matmul_flops_counts_each_dot_and_convolution_once():
-    """loop.matmul_flops (the MFU's FLOPs): 2 x outputs x contracted size per dot, 2 x outputs
+    """flop_count.matmul_flops (the MFU's FLOPs): 2 x outputs x contracted size per dot, 2 x outputs
     x kernel inputs x window per convolution, a while body once; the same from the text before
     and after XLA's optimisations; XLA's own count agrees on a lone matmul."""
-    from audiochat_jax.train import loop
+    from audiochat_jax.train import flop_count
     a, b, c, t = 6, 16, 32, 3
 
     def f(x, w, k):
@@ -100,10 +100,10 @@ def test_matmul_flops_counts_each_dot_and_convolution_once():
     args = (jnp.ones((a, b)), jnp.ones((b, c)), jnp.ones((3, 3, 1, 4)))
     want = 2 * a * b * c + 2 * (a - 2) * (b - 2) * 4 * 9 + 2 * 2 * a * b * c
     lowered = jax.jit(f).lower(*args)
-    assert loop.matmul_flops(lowered.as_text(dialect="hlo")) == want
-    assert loop.matmul_flops(lowered.compile().as_text()) == want
+    assert flop_count.matmul_flops(lowered.as_text(dialect="hlo")) == want
+    assert flop_count.matmul_flops(lowered.compile().as_text()) == want
     dot = jax.jit(lambda x, w: x @ w).lower(*args[:2])
-    assert loop.matmul_flops(dot.as_text(dialect="hlo")) == loop.compiled_flops(dot.compile()) == 2 * a * b * c
+    assert flop_count.matmul_flops(dot.as_text(dialect="hlo")) == flop_count.compiled_flops(dot.compile()) == 2 * a * b * c
 
 
 def test_matmul_flops_of_a_sharded_step_are_the_whole_steps(n_devices):
@@ -111,10 +111,10 @@ def test_matmul_flops_of_a_sharded_step_are_the_whole_steps(n_devices):
     counts the FLOPs of the whole product (the trainer's MFU divides by all devices' peak)."""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from audiochat_jax.parallel import sharding
-    from audiochat_jax.train import loop
+    from audiochat_jax.train import flop_count
     mesh = sharding.make_mesh((2, 2, 2))
     x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
     f = jax.jit(lambda x, w: x @ w, in_shardings=(NamedSharding(mesh, P(("data", "fsdp"), None)),
                                                   NamedSharding(mesh, P(None, "tensor"))))
     assert n_devices == 8
-    assert loop.matmul_flops(f.lower(x, w).as_text(dialect="hlo")) == 2 * 64 * 32 * 16
+    assert flop_count.matmul_flops(f.lower(x, w).as_text(dialect="hlo")) == 2 * 64 * 32 * 16

@@ -38,7 +38,7 @@ ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / en
 ("" = as saved).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
-tokens: tokens/s). MFU uses the matmul FLOPs of each compiled step (``loop.matmul_flops``)
+tokens: tokens/s). MFU uses the matmul FLOPs of each compiled step (``flop_count.matmul_flops``)
 plus, for a scanned LLM or conformer, the layers that count sees once (``uncounted_flops``:
 ``llama.scanned_flops_uncounted``, ``conformer.scanned_flops_uncounted``).
 Eval per split: ``{split}/audio_loss|audio_ppl|audio_accuracy`` and the text-prompted

@@ -56,7 +56,7 @@ class Task:
     frozen:     a tree of sharded arrays passed to every step and eval, never updated or
                 differentiated (the LLM during alignment); ``None`` when there are none.
     flops_per_step: analytic FLOPs of one step over all devices (0: count the compiled
-                step's matmuls, ``loop.matmul_flops``).
+                step's matmuls, ``flop_count.matmul_flops``).
     uncounted_flops: ``batch -> float``, matmul FLOPs of one step over all devices that a
                 count of the step's HLO misses for a batch of these shapes (a scanned layer
                 stack's body is counted once: ``llama.scanned_flops_uncounted``); added to
