@@ -15,20 +15,26 @@
 #               batch 8 x 10 s and 57.5 GiB at 8 x 35 s, vs 22.2 / 31.4 GiB with dots_no_batch
 #               (stop 21).
 #   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
-#   batch16     --batch_size 16 (2026-11-27: 311.7 ms/step, MFU 0.532 of the measured peak, with
-#               the backward's matmuls in bf16; 440.2 ms, 0.385 before).
+#   batch16     --batch_size 16 (stop 20: 311.7 ms/step, MFU 0.532 of the measured peak, with
+#               the backward's matmuls in bf16; 440.2 ms, 0.385 before. Stop 24: 311.0 ms, 0.525
+#               counting matmuls; at the config's batch 4, 116.7 ms, 0.336).
 #   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves, and the
 #               step time it costs or saves (on CPU: 0.91x the unrolled step at batch 8 x 10 s).
-#   dsfusion    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true: lets cuBLAS read a scanned
-#               layer's weights in place of the stacked [32, ...] array instead of a copy per
-#               layer (forward, remat and backward); a hypothesis: the profile says whether
-#               those copies cost anything.
+#   dsfusion    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true: meant to let cuBLAS read a
+#               scanned layer's weights in place of the stacked [32, ...] array instead of a copy
+#               per layer. Stop 24: no change (116.8 vs 116.7 ms at batch 4, 311.2 vs 311.0 at 16);
+#               the profile still shows the copies (docs/performance.md, stop 24).
+#   llm_unrolled --set llm.scan_layers=false: the LLM's 32 layers unrolled, each layer's weights
+#               its own array, so no per-layer weight slice and no stacked residuals to copy
+#               (about 31 ms a step of copies at batch 4, stop 24). Not yet run on a GPU; its
+#               compile is expected to be much longer than the scanned step's (time it).
 #   select_skip --set nonfinite_skip=select: the non-finite guard as a select per state array,
 #               as up to stop 20 (XLA then copies the Adam moments every step: 1220 arrays in
 #               this step's HLO on CPU; stop 20's step copied 1504, likely most of the 1303
 #               device memcpys in its profile) against the default conditional (no copies, but
 #               XLA:GPU reads the predicate on the host mid-step). Run it beside baseline: the
 #               pair says which costs more on this GPU; the bench prints the copied arrays.
+#               Stop 24: select 119.1 ms (1518 arrays copied) against the conditional's 116.7.
 # A part takes 1.5-2.5 min on an H100 (2026-11-27: compile 63-95 s with the scanned conformer,
 # the profile part 138 s), so four fit one command: e.g. `GPU7B_DEADLINE=560 bash
 # bench/gpu_7b_step.sh profile batch16 remat_none dsfusion` with timeout_s 600 ran in 463 s.
@@ -87,9 +93,10 @@ for part in "${@:-baseline profile}"; do
       cudnn)      args=(--set llm.attention_impl=cudnn) ;;
       batch16)    args=(--batch_size 16) ;;
       unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
+      llm_unrolled) args=(--set llm.scan_layers=false) ;;
       dsfusion)   args=() ;;
       select_skip) args=(--set nonfinite_skip=select) ;;
-      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled dsfusion select_skip)" >&2
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled llm_unrolled dsfusion select_skip)" >&2
          exit 2 ;;
     esac
     flag=""
