@@ -4,8 +4,12 @@
 #
 #   bash bench/gpu_7b_step.sh [PART ...]       # default: baseline profile
 #
-# PARTs, in the order worth running them (each under its own time limit; the log of each goes
-# to $OUT/PART.log as it runs, so a part cut short still leaves what it printed):
+# Next on a GPU (after stop 24, docs/performance.md "On the H100 at the config's batch"): the
+# scanned LLM's weight copies, `GPU7B_DEADLINE=540 bash bench/gpu_7b_step.sh baseline
+# llm_unrolled lhs dbuffer` (timeout_s 600; llm_unrolled may need most of a part's 400 s).
+#
+# PARTs (each under its own time limit; the log of each goes to $OUT/PART.log as it runs, so a
+# part cut short still leaves what it printed):
 #   baseline    the step as configs/llama2_7b_chat.py:8xh100 sets it (scanned conformer): compile
 #               time, ms/step, MFU. Compare the compile with 158.5 s (unrolled conformer, H100).
 #   profile     op time by model part, CUDA graphs off so every kernel is named (docs/performance.md,
@@ -28,6 +32,12 @@
 #               its own array, so no per-layer weight slice and no stacked residuals to copy
 #               (about 31 ms a step of copies at batch 4, stop 24). Not yet run on a GPU; its
 #               compile is expected to be much longer than the scanned step's (time it).
+#   lhs         XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true: schedules async work (the
+#               copies above run as async fusions on copy streams) to overlap compute; stop 24's
+#               profile had 34% of their time beside compute kernels. A hypothesis.
+#   dbuffer     XLA_FLAGS=--xla_gpu_enable_while_loop_double_buffering=true: unrolls the scanned
+#               layer loop by two so one layer's weight copy can run beside the other's matmuls.
+#               A hypothesis; the compile grows.
 #   select_skip --set nonfinite_skip=select: the non-finite guard as a select per state array,
 #               as up to stop 20 (XLA then copies the Adam moments every step: 1220 arrays in
 #               this step's HLO on CPU; stop 20's step copied 1504, likely most of the 1303
@@ -94,14 +104,16 @@ for part in "${@:-baseline profile}"; do
       batch16)    args=(--batch_size 16) ;;
       unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
       llm_unrolled) args=(--set llm.scan_layers=false) ;;
-      dsfusion)   args=() ;;
+      dsfusion|lhs|dbuffer) args=() ;;
       select_skip) args=(--set nonfinite_skip=select) ;;
-      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled llm_unrolled dsfusion select_skip)" >&2
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled llm_unrolled dsfusion lhs dbuffer select_skip)" >&2
          exit 2 ;;
     esac
     flag=""
     [ "$p" = profile ] && flag=--xla_gpu_enable_command_buffer=
     [ "$p" = dsfusion ] && flag=--xla_gpu_enable_dynamic_slice_fusion=true
+    [ "$p" = lhs ] && flag=--xla_gpu_enable_latency_hiding_scheduler=true
+    [ "$p" = dbuffer ] && flag=--xla_gpu_enable_while_loop_double_buffering=true
     env=()
     [ -n "$flag" ] && env=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$flag")
     echo "== $p: ${env[*]} python3 bench/align_step.py --config $CONFIG ${args[*]} ${EXTRA[*]}" | tee "$OUT/$p.log"
