@@ -95,8 +95,9 @@ def align_config(config_file: str, size: str, slice_name: str, mesh_shape: tuple
                          f"slice {slice_name} has {sl.devices}")
     c = align.full_config()
     # The frozen LLM's numerics and layout. The weights come from align.llm_dir (converted
-    # with `--scan_layers`); dtype, remat and attention apply on load through the align
-    # overrides below.
+    # with `--scan_layers`); dtype, remat, attention and the scanned/unrolled layout apply on
+    # load through the align overrides below (so `--config.llm.scan_layers=false` unrolls a
+    # stacked checkpoint's layers).
     c.llm = ml_collections.ConfigDict(LlamaConfig(
         **LLAMA2_SIZES[size], dtype="bfloat16", param_dtype="bfloat16", remat_policy=remat_policy,
         scan_layers=True, attention_impl="xla").to_dict())
@@ -112,6 +113,7 @@ def align_config(config_file: str, size: str, slice_name: str, mesh_shape: tuple
     a.llm_dtype = c.llm.get_ref("dtype")
     a.llm_remat_policy = c.llm.get_ref("remat_policy")
     a.llm_attention_impl = c.llm.get_ref("attention_impl")
+    a.llm_scan_layers = c.llm.get_ref("scan_layers").to_str()  # "True" / "False"
     # LibriSpeech (TFDS split names as in tfds' librispeech); utterances are <= 35 s.
     a.train_split = "train_clean100+train_clean360+train_other500"
     a.eval_splits = ("dev_clean", "dev_other")

@@ -1,6 +1,7 @@
 """The align task's step on a tiny world (tests/align_fixtures.py), on 8 fake CPU devices.
 
-* the sharded step (data=2, fsdp=2, tensor=2) equals the single-device step (loss and params);
+* the sharded step (data=2, fsdp=2, tensor=2) equals the single-device step (loss and params),
+  with the LLM's layers scanned there (stacked on load) and unrolled on the one device;
 * overfitting a tiny batch: loss -> ~0 and greedy generation from the audio prompt gives back
   the target responses; the frozen LLM params are bitwise unchanged and never in the
   optimizer state.
@@ -61,9 +62,12 @@ def test_sharded_step_equals_single_device_step(world):
     one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     eight = sharding.make_mesh((2, 2, 2))
     _, ref_state, ref = _run(config, one, 2)
+    # The sharded run also scans the LLM's layers, stacked on load from the world's unrolled
+    # checkpoint (align.llm_scan_layers): the same numbers through another program.
+    config.align.llm_scan_layers = "true"
     task, state, got = _run(config, eight, 2)
     # Really sharded: the LLM over (fsdp, tensor), the projector and its Adam moments too.
-    assert task.frozen["layers_0"]["mlp"]["gate"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert task.frozen["layers"]["mlp"]["gate"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert state.params["projector"]["fc1"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
     for r, g in zip(ref, got):
         assert r["kl"] > 0 and r["embed"] > 0

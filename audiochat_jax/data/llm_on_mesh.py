@@ -15,20 +15,42 @@ import jax
 import numpy as np
 
 
-def load_llm(llm_dir: str, mesh):
-    """``(LlamaConfig, params)`` with params restored straight onto ``mesh``, each array
-    sharded by its logical axis names (parallel/sharding.py)."""
+def _placed(cfg, mesh):
+    """``(abstract params, shardings)`` of ``cfg``'s Llama on ``mesh``, by logical axis names."""
     import flax.linen as nn
-    from audiochat_jax.model_dir import load_model_dir, read_model_config
-    from audiochat_jax.models.llama import LlamaConfig, init_params
+    from audiochat_jax.models.llama import init_params
     from audiochat_jax.parallel import sharding
-    cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
     boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     shardings = sharding.logical_to_sharding(boxed, mesh)
     abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                       nn.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def load_llm(llm_dir: str, mesh, scan_layers: bool | None = None):
+    """``(LlamaConfig, params)`` with params restored straight onto ``mesh``, each array
+    sharded by its logical axis names (parallel/sharding.py).
+
+    ``scan_layers`` (None = as saved) runs the layers scanned or unrolled whatever layout the
+    directory holds: the restored ``layers_{i}`` are stacked into ``layers`` [n_layers, ...]
+    (or split out of it) once, on the devices, and the returned config says which. The
+    parameters are the same numbers either way; only the step's program changes (one
+    compiled layer in a loop, or n_layers in sequence; docs/performance.md, stop 24).
+    """
+    from audiochat_jax.model_dir import load_model_dir, read_model_config
+    from audiochat_jax.models.llama import LlamaConfig, stack_layer_params, unstack_layer_params
+    cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
+    abstract, _ = _placed(cfg, mesh)
     _, params = load_model_dir(llm_dir, "llama", abstract_params=abstract)
-    return cfg, params
+    if scan_layers is None or bool(scan_layers) == cfg.scan_layers:
+        return cfg, params
+    target = cfg.replace(scan_layers=bool(scan_layers))
+    _, shardings = _placed(target, mesh)
+    relayout = ((lambda p: stack_layer_params(p, cfg.n_layers)) if target.scan_layers
+                else unstack_layer_params)
+    # Both layouts are on the devices for the moment of the copy: twice the LLM's bytes per
+    # device (XLA cannot write a stacked array into the buffers of the layers it stacks).
+    return target, jax.jit(relayout, out_shardings=shardings)(params)
 
 
 def _to_host(x) -> np.ndarray:

@@ -35,7 +35,8 @@ present), buckets, max_label_length (transcript tokens), max_response_length,
 ctc_max_label_length, shuffle_buffer, projector (stack, kind, hidden_dim, norm, dtype,
 param_dtype), trainable, ce_weight, kl_weight, kl_temperature,
 ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / encoder_dtype
-("" = as saved).
+("" = as saved), llm_scan_layers ("" = as saved; "true" / "false": run the LLM's layers
+scanned or unrolled, its saved layout converted once on load, data/llm_on_mesh.load_llm).
 
 Metrics: loss, ce, kl, ctc, embed, accuracy (response-token argmax), tokens_sum (response
 tokens: tokens/s). MFU uses the matmul FLOPs of each compiled step (``flop_count.matmul_flops``)
@@ -90,6 +91,7 @@ def task_config() -> ml_collections.ConfigDict:
         trainable="all",
         ce_weight=1.0, kl_weight=0.0, kl_temperature=1.0, ctc_weight=0.0, embed_weight=0.0,
         llm_dtype="", llm_remat_policy="", llm_attention_impl="", encoder_dtype="",
+        llm_scan_layers="",
     ))
 
 
@@ -401,6 +403,20 @@ def _graft(boxed: dict, pretrained: dict, where: str) -> dict:
     return out
 
 
+def llm_scan_layers(align_config) -> bool | None:
+    """``config.align.llm_scan_layers`` as a bool, None for "" (the LLM directory's layout).
+    Slice configs link it to ``config.llm.scan_layers`` (as the string "True" / "False")."""
+    text = str(align_config.llm_scan_layers).strip().lower()
+    if text in ("", "none"):
+        return None
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"config.align.llm_scan_layers={align_config.llm_scan_layers!r}: use true "
+                     "(one compiled layer in a loop), false (the layers unrolled) or \"\" (as saved)")
+
+
 def llm_overrides(align_config) -> dict:
     """The LlamaConfig fields the align section sets on the loaded LLM (its non-empty
     llm_dtype / llm_remat_policy / llm_attention_impl)."""
@@ -418,7 +434,7 @@ def align_task(config, mesh) -> tasks.Task:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by {n_hosts} hosts")
 
     # --- The frozen LLM, restored straight onto the mesh -------------------------------
-    llm_cfg, llm_params = load_llm(cfg.llm_dir, mesh)
+    llm_cfg, llm_params = load_llm(cfg.llm_dir, mesh, scan_layers=llm_scan_layers(cfg))
     llm_cfg = llm_cfg.replace(**llm_overrides(cfg))
     tokenizer = Tokenizer(_tokenizer_path(cfg))
     prefix, suffix = audio_prompt_parts(tokenizer, system=cfg.system or None, instruction=cfg.instruction)
