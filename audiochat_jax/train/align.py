@@ -434,7 +434,10 @@ def align_task(config, mesh) -> tasks.Task:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by {n_hosts} hosts")
 
     # --- The frozen LLM, restored straight onto the mesh -------------------------------
-    llm_cfg, llm_params = load_llm(cfg.llm_dir, mesh, scan_layers=llm_scan_layers(cfg))
+    scan_layers = llm_scan_layers(cfg)
+    llm_cfg, llm_params = load_llm(cfg.llm_dir, mesh, scan_layers=scan_layers)
+    layout = ("scanned" if llm_cfg.scan_layers else "unrolled") + (
+        " (config.align.llm_scan_layers)" if scan_layers is not None else " (as saved)")
     llm_cfg = llm_cfg.replace(**llm_overrides(cfg))
     tokenizer = Tokenizer(_tokenizer_path(cfg))
     prefix, suffix = audio_prompt_parts(tokenizer, system=cfg.system or None, instruction=cfg.instruction)
@@ -465,7 +468,7 @@ def align_task(config, mesh) -> tasks.Task:
     if cfg.kl_weight > 0 and cfg.kl_temperature <= 0:
         raise ValueError(f"config.align.kl_temperature={cfg.kl_temperature} must be > 0")
     metrics.log(f"align: prompt prefix {len(prefix)} + audio + suffix {len(suffix)} tokens; "
-                f"trainable={cfg.trainable!r}; LLM {llm_cfg.dim}x{llm_cfg.n_layers} frozen")
+                f"trainable={cfg.trainable!r}; LLM {llm_cfg.dim}x{llm_cfg.n_layers} frozen, layers {layout}")
 
     def init(rng):
         boxed = embedder.init(rng, *speech_llm.example_inputs(enc_cfg))
