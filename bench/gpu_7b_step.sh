@@ -22,6 +22,7 @@
 #   batch16     --batch_size 16 (stop 20: 311.7 ms/step, MFU 0.532 of the measured peak, with
 #               the backward's matmuls in bf16; 440.2 ms, 0.385 before. Stop 24: 311.0 ms, 0.525
 #               counting matmuls; at the config's batch 4, 116.7 ms, 0.336).
+#   batch8      --batch_size 8: between the config's 4 (0.336) and 16 (0.525), for the curve.
 #   unrolled    --set plan.encoder.scan_layers=false: the compile time the scan saves, and the
 #               step time it costs or saves (on CPU: 0.91x the unrolled step at batch 8 x 10 s).
 #   dsfusion    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true: meant to let cuBLAS read a
@@ -103,11 +104,12 @@ for part in "${@:-baseline profile}"; do
       remat_none) args=(--set align.llm_remat_policy=none) ;;
       cudnn)      args=(--set llm.attention_impl=cudnn) ;;
       batch16)    args=(--batch_size 16) ;;
+      batch8)     args=(--batch_size 8) ;;
       unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
       llm_unrolled) args=(--set llm.scan_layers=false) ;;
       dsfusion|lhs|dbuffer) args=() ;;
       select_skip) args=(--set nonfinite_skip=select) ;;
-      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 unrolled llm_unrolled dsfusion lhs dbuffer select_skip)" >&2
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 batch8 unrolled llm_unrolled dsfusion lhs dbuffer select_skip)" >&2
          exit 2 ;;
     esac
     flag=""
