@@ -42,9 +42,9 @@
 #               A hypothesis; the compile grows.
 #   select_skip --set nonfinite_skip=select: the non-finite guard as a select per state array,
 #               as up to stop 20 (XLA then copies the Adam moments every step: 1220 arrays in
-#               this step's HLO on CPU; stop 20's step copied 1504, likely most of the 1303
-#               device memcpys in its profile) against the default conditional (no copies, but
-#               XLA:GPU reads the predicate on the host mid-step). Run it beside baseline: the
+#               this step's HLO on CPU; stop 20's step copied 1504; its profile's 1303
+#               device memcpys were most likely the scanned LLM's, stop 24) against the default
+#               conditional (no copies, but XLA:GPU reads the predicate on the host mid-step). Run it beside baseline: the
 #               pair says which costs more on this GPU; the bench prints the copied arrays.
 #               Stop 24: select 119.1 ms (1518 arrays copied) against the conditional's 116.7.
 # A part takes 1.5-2.5 min on an H100 (2026-11-27: compile 63-95 s with the scanned conformer,

@@ -26,12 +26,14 @@ UNNAMED = "(no source op: XLA's copies, layouts, fused gradients)"  # no op_name
 # A GPU's kernels that ran inside CUDA graphs (XLA's command buffers, on by default) carry the
 # graph's name, not their op's, and other executables' kernels have names outside the step.
 UNMATCHED_DEVICE = "(device time not matched to a step op: CUDA graphs, other executables)"
-# Memcpys whose trace events name no HLO op, though XLA's `copy` instructions issue them: on an
-# H100 without CUDA graphs, 1303 device-to-device memcpys per 7B step, 25 ms of 226 (2026-11-27),
-# 990 of the step's 1106 copies being arrays of the train state. On CPU the same step's HLO
-# copies its state because of the non-finite guard's selects and the update-norm metric
-# (copied_donated_arrays); train/loop.py's default step has neither since.
+# Device memcpys that name neither an HLO op of the step nor a source op. On an H100 the 7B
+# step's ~1330 memcpys a step (31.6 ms at batch 4, stop 24) are XLA:GPU's asynchronous
+# dynamic-slice / dynamic-update-slice fusions of the scanned LLM (a layer's weights sliced out
+# of the stacked arrays, the remat residuals written into them). Their events name an HLO op
+# that the compiled module's text does not hold (the async fusion's emitted name), but carry
+# the source op in args.name: their time goes to that op's part, with COPIES appended.
 DEVICE_COPIES = "(device memcpys the trace ties to no HLO op: XLA's copies)"
+COPIES = " copies"  # appended to a part's name for its ops' device memcpys
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
 
@@ -132,9 +134,13 @@ def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collectio
     for e in events:
         if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
             continue
-        op = e.get("args", {}).get("hlo_op") or e["name"]
+        args = e.get("args", {})
+        op = args.get("hlo_op") or e["name"]
+        copy = bool(devices) and e["name"].lower().startswith("memcpy")
+        if copy and op not in names and re.match(r"p?jit\(", str(args.get("name", ""))):
+            names[op] = args["name"]  # an async fusion's copy: its source op (see COPIES)
         if op in names:  # an HLO op (thunk / kernel) of the step; not runtime/Python events
-            busy[op] += e["dur"] / 1e3
+            busy[op + COPIES if copy else op] += e["dur"] / 1e3
         elif devices:
             kind = DEVICE_COPIES if e["name"].lower().startswith("memcpy") else UNMATCHED_DEVICE
             unmatched[kind] += e["dur"] / 1e3
@@ -155,7 +161,8 @@ def _parts(names, busy, unmatched, steps: int) -> list[tuple[str, float]]:
         if unmatched[DEVICE_COPIES]:
             parts[DEVICE_COPIES] = unmatched[DEVICE_COPIES] / steps
     for op, ms in busy.items():
-        parts[model_part(names[op])] += ms / steps
+        base = op.removesuffix(COPIES)
+        parts[model_part(names[base]) + op[len(base):]] += ms / steps
     return parts.most_common()
 
 
@@ -171,7 +178,8 @@ def _top(names, busy, _unmatched, hlo_texts, steps: int, top: int = 20) -> str:
         shapes.update(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+)", text, re.M))
     lines = [f"top {top} single ops per step (HLO op, result shape, source op):"]
     for op, ms in busy.most_common(top):
-        lines.append(f"  {ms / steps:8.2f} ms  {op:28s} {shapes.get(op, '?'):32s} {names[op][-100:] or '-'}")
+        base = op.removesuffix(COPIES)
+        lines.append(f"  {ms / steps:8.2f} ms  {op:28s} {shapes.get(base, '?'):32s} {names[base][-100:] or '-'}")
     return "\n".join(lines)
 
 
