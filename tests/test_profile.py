@@ -180,6 +180,9 @@ def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
         {"ph": "X", "pid": 2, "name": "MemcpyD2D", "dur": 600.0,
          "args": {"hlo_op": "loop_dynamic_slice_fusion.24", "name": "jit(step)/jvp(Llama)/while/body"}},
         {"ph": "X", "pid": 2, "name": "MemcpyD2D", "dur": 400.0, "args": {"hlo_op": "fusion.2"}},
+        # another executable's copy (another jitted function): not the step's
+        {"ph": "X", "pid": 2, "name": "MemcpyD2D", "dur": 200.0,
+         "args": {"hlo_op": "copy.9", "name": "jit(_multi_slice)/slice"}},
     ]
     with gzip.open(tmp_path / "x.trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
@@ -187,7 +190,7 @@ def test_device_traces_count_kernel_time_not_host_launches(tmp_path):
     # device time no step op claims: a kernel in a CUDA graph, and a memcpy naming no op at all;
     # a memcpy of a known op or source op goes to that part's copies
     assert dict(rows) == {"Llama/mlp": 2.0, "Llama/mlp bwd": 0.5, profile.UNMATCHED_DEVICE: 1.5,
-                          profile.DEVICE_COPIES: 3.5, "Llama copies": 0.3, "Llama/mlp bwd copies": 0.2}, rows
+                          profile.DEVICE_COPIES: 3.6, "Llama copies": 0.3, "Llama/mlp bwd copies": 0.2}, rows
     assert profile.NO_COMMAND_BUFFERS in profile.format_parts(rows)  # how to get the graphs' ops
     # The single-op list: device time per step, largest first, with shape and source op.
     ops = profile.top_ops(str(tmp_path), [hlo], steps=2).splitlines()

@@ -131,13 +131,16 @@ def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collectio
         names.update(hlo_op_names(text))
     busy = collections.Counter()
     unmatched = {UNMATCHED_DEVICE: 0.0, DEVICE_COPIES: 0.0} if devices else None
+    # The jitted functions of these executables ("jit(step)"): a memcpy naming a source op under
+    # one of them is theirs, one under another function (another executable's) is not.
+    roots = {n.split("/")[0] for n in names.values() if n.startswith(("jit(", "pjit("))}
     for e in events:
         if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
             continue
         args = e.get("args", {})
         op = args.get("hlo_op") or e["name"]
         copy = bool(devices) and e["name"].lower().startswith("memcpy")
-        if copy and op not in names and re.match(r"p?jit\(", str(args.get("name", ""))):
+        if copy and op not in names and str(args.get("name", "")).split("/")[0] in roots:
             names[op] = args["name"]  # an async fusion's copy: its source op (see COPIES)
         if op in names:  # an HLO op (thunk / kernel) of the step; not runtime/Python events
             busy[op + COPIES if copy else op] += e["dur"] / 1e3
