@@ -88,11 +88,11 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
     """
     import jax
     import jax.numpy as jnp
-    import flax.linen as nn
     import numpy as np
     from audiochat_jax.audio.features import FeatureConfig
+    from audiochat_jax.data.llm_on_mesh import abstract_llm
     from audiochat_jax.models.conformer import ConformerConfig
-    from audiochat_jax.models.llama import LlamaConfig, init_params
+    from audiochat_jax.models.llama import LlamaConfig
     from audiochat_jax.models.projector import ProjectorConfig
     from audiochat_jax.models.speech_llm import AudioEmbedder
     from audiochat_jax.parallel import sharding
@@ -114,10 +114,7 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
                                  blank_id=enc_cfg.vocab_size - 1, patterns=patterns)
     loss = align.make_loss(a, forward)
 
-    boxed = jax.eval_shape(lambda: init_params(llm_cfg, jax.random.key(0)))
-    llm_shardings = sharding.logical_to_sharding(boxed, mesh)
-    frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), llm_shardings)
+    frozen, _ = abstract_llm(llm_cfg, mesh)
 
     def init(rng):
         frames = 64

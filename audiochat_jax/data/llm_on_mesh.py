@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 
-def _placed(cfg, mesh):
-    """``(abstract params, shardings)`` of ``cfg``'s Llama on ``mesh``, by logical axis names."""
+def abstract_llm(cfg, mesh):
+    """``(abstract params, shardings)`` of ``cfg``'s Llama on ``mesh``, by logical axis names
+    (``jax.ShapeDtypeStruct`` leaves carrying their shardings: nothing is allocated)."""
     import flax.linen as nn
     from audiochat_jax.models.llama import init_params
     from audiochat_jax.parallel import sharding
@@ -40,12 +41,12 @@ def load_llm(llm_dir: str, mesh, scan_layers: bool | None = None):
     from audiochat_jax.model_dir import load_model_dir, read_model_config
     from audiochat_jax.models.llama import LlamaConfig, stack_layer_params, unstack_layer_params
     cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
-    abstract, _ = _placed(cfg, mesh)
+    abstract, _ = abstract_llm(cfg, mesh)
     _, params = load_model_dir(llm_dir, "llama", abstract_params=abstract)
     if scan_layers is None or bool(scan_layers) == cfg.scan_layers:
         return cfg, params
     target = cfg.replace(scan_layers=bool(scan_layers))
-    _, shardings = _placed(target, mesh)
+    _, shardings = abstract_llm(target, mesh)
     relayout = ((lambda p: stack_layer_params(p, cfg.n_layers)) if target.scan_layers
                 else unstack_layer_params)
     # Both layouts are on the devices for the moment of the copy: twice the LLM's bytes per
