@@ -4,6 +4,7 @@ from the trainer (config.profile) and from bench/align_step.py --profile; GPU tr
 bench's --set overrides."""
 import importlib.util
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -146,6 +147,8 @@ def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsy
     assert sum(float(r[0]) for r in rows) > 0, rows
     # Below the table, the single ops: a Dense layer's matmul is among them, with its shape.
     assert "top 20 single ops per step" in out and "/wide/dot_general" in out, out
+    # Above it, the traced window's own step time, to compare with the run's.
+    assert re.search(r"steps 1-2: \d+ ms of wall time while traced, \d+ ms a step", out), out
 
 
 def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
@@ -153,7 +156,9 @@ def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
     assert loop.train(config, str(tmp_path))["status"] == "done"
     traces = [f for _, _, fs in os.walk(tmp_path / "profile") for f in fs if f.endswith(".trace.json.gz")]
     assert len(traces) == 1, traces
-    rows = _rows((tmp_path / "profile" / "op_time_by_part.txt").read_text())
+    text = (tmp_path / "profile" / "op_time_by_part.txt").read_text()
+    assert re.match(r"steps 3-4: \d+ ms of wall time while traced, \d+ ms a step\n", text), text
+    rows = _rows(text)
     parts = {" ".join(r[3:]) for r in rows}
     assert {"MLP", "MLP bwd"} <= parts, rows   # the toy MLP's forward and its gradient
 
