@@ -3,8 +3,8 @@
     python -m audiochat_jax.pipeline --config configs/mini.py --workdir work/mini
 
 runs every missing stage — corpus -> tokenizer -> lm -> speech -> ctc -> responses -> align
--> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 22-24
-minutes on 2 quiet CPU cores (measured; docs/mini_world.md has the stage times), ending in
+-> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 11-24
+minutes on 2 CPU cores (measured on two dev machines; docs/mini_world.md has the stage times), ending in
 work/mini/evaluate/ (markdown report, plots, JSON).
 One stage's trainer config alone (paths resolved inside WORKDIR) also runs on its own:
 
