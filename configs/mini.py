@@ -4,8 +4,8 @@
 
 runs every missing stage — corpus -> tokenizer -> lm -> speech -> ctc -> responses -> align
 -> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 11-24
-minutes on 2 CPU cores (measured on two dev machines; docs/mini_world.md has the stage times), ending in
-work/mini/evaluate/ (markdown report, plots, JSON).
+minutes on 2 CPU cores (measured on two dev machines; docs/mini_world.md has the stage
+times), ending in work/mini/evaluate/ (markdown report, plots, JSON).
 One stage's trainer config alone (paths resolved inside WORKDIR) also runs on its own:
 
     python -m audiochat_jax.train --config configs/mini.py:lm,workdir=work/mini --workdir work/mini/lm
