@@ -6,7 +6,7 @@
 #
 # Next on a GPU (after stop 24, docs/performance.md "On the H100 at the config's batch"): the
 # scanned LLM's weight copies, `GPU7B_DEADLINE=540 bash bench/gpu_7b_step.sh baseline
-# llm_unrolled lhs dbuffer` (timeout_s 600).
+# llm_unrolled lhs dbuffer` (timeout_s 600); then `baseline attn_jax` (stop 26's attention).
 #
 # PARTs (each under its own time limit; the log of each goes to $OUT/PART.log as it runs, so a
 # part cut short still leaves what it printed):
@@ -19,6 +19,9 @@
 #               batch 8 x 10 s and 57.5 GiB at 8 x 35 s, vs 22.2 / 31.4 GiB with dots_no_batch
 #               (stop 21).
 #   cudnn       --set llm.attention_impl=cudnn (odd lengths are padded to even; not yet run on a GPU).
+#   attn_jax    --set llm.attention_impl=jax_xla: jax.nn.dot_product_attention's own "xla" version,
+#               as every GPU run up to stop 25 had it. Stop 26 wrote it out as 4-D einsums (0.986
+#               of the mini step's time on CPU); beside baseline, says whether the GPU cares.
 #   batch16     --batch_size 16 (stop 20: 311.7 ms/step, MFU 0.532 of the measured peak, with
 #               the backward's matmuls in bf16; 440.2 ms, 0.385 before. Stop 24: 311.0 ms, 0.525
 #               counting matmuls; at the config's batch 4, 116.7 ms, 0.336).
@@ -103,13 +106,14 @@ for part in "${@:-baseline profile}"; do
       profile)    args=(--profile /tmp/gpu_7b_step_profile --steps 3) ;;
       remat_none) args=(--set align.llm_remat_policy=none) ;;
       cudnn)      args=(--set llm.attention_impl=cudnn) ;;
+      attn_jax)   args=(--set llm.attention_impl=jax_xla) ;;
       batch16)    args=(--batch_size 16) ;;
       batch8)     args=(--batch_size 8) ;;
       unrolled)   args=(--set plan.encoder.scan_layers=false) ;;
       llm_unrolled) args=(--set llm.scan_layers=false) ;;
       dsfusion|lhs|dbuffer) args=() ;;
       select_skip) args=(--set nonfinite_skip=select) ;;
-      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn batch16 batch8 unrolled llm_unrolled dsfusion lhs dbuffer select_skip)" >&2
+      *) echo "gpu_7b_step: unknown part $p (baseline profile remat_none cudnn attn_jax batch16 batch8 unrolled llm_unrolled dsfusion lhs dbuffer select_skip)" >&2
          exit 2 ;;
     esac
     flag=""

@@ -55,10 +55,12 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
-# `jax.nn.dot_product_attention(implementation=...)`: "xla" everywhere, "cudnn" fused flash
-# attention on NVIDIA GPUs, "auto" lets JAX pick. Not "xla": odd lengths get one masked slot
+# `jax.nn.dot_product_attention(implementation=...)` for each setting: "xla" everywhere (our
+# `attention`, the same computation with fewer axes, where each query head has its own kv
+# head), "jax_xla" jax's own "xla" version always (to compare the two), "cudnn" fused flash
+# attention on NVIDIA GPUs, "auto" lets JAX pick. Not XLA's: odd lengths get one masked slot
 # (cuDNN trains only even lengths; see Llama.hidden_states).
-ATTENTION_IMPLS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+ATTENTION_IMPLS = {"xla": "xla", "jax_xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,29 @@ def apply_rotary(x, cos, sin):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def attention(q, k, v, mask, scale: float):
+    """Softmax attention, as ``jax.nn.dot_product_attention``'s "xla" implementation computes it
+    (float32 logits and softmax, probabilities cast to ``v``'s dtype).
+
+    q [batch, T, heads, head_dim], k and v [batch, S, kv_heads, head_dim], mask [batch, 1, T, S]
+    bool -> [batch, T, heads, head_dim].
+
+    Written out for one kv head per query head: jax's version vmaps its core over query groups,
+    and its 5-D arrays cost time on XLA:CPU. The mini LLM's attention (batch 16 x 102 slots, 4
+    heads of 32) took 7-10 ms forward + backward per layer that way, 5.3-6.5 ms as these 4-D
+    einsums (docs/performance.md, stop 26). Grouped queries (fewer kv heads) go to jax's.
+    """
+    if k.shape[2] != q.shape[2]:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    # bf16 inputs, float32 logits: the algorithm jax names for it (jax issue 24047).
+    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, precision=precision,
+                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+    logits = jnp.where(mask, logits * scale, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention. x [batch, length, dim] -> [batch, length, dim].
 
@@ -212,9 +237,12 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             layer_cache = (k, v)
 
-        out = jax.nn.dot_product_attention(
-            q, k.astype(dtype), v.astype(dtype), mask=attn_mask, scale=1.0 / float(np.sqrt(hd)),
-            implementation=ATTENTION_IMPLS[cfg.attention_impl])
+        if cfg.attention_impl == "xla":
+            out = attention(q, k.astype(dtype), v.astype(dtype), attn_mask, 1.0 / float(np.sqrt(hd)))
+        else:
+            out = jax.nn.dot_product_attention(
+                q, k.astype(dtype), v.astype(dtype), mask=attn_mask, scale=1.0 / float(np.sqrt(hd)),
+                implementation=ATTENTION_IMPLS[cfg.attention_impl])
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "act_kv"))
         return _dot("blhk,hkd->bld", out, wo, dtype), layer_cache
 
@@ -344,7 +372,7 @@ class Llama(nn.Module):
         # the 7B align step: "Unsupported sequence length Q 261, KV 261"). One more slot at the
         # end (not a real token; causal attention hides it from the real ones), dropped from the
         # output, evens it.
-        even_pad = cache is None and cfg.attention_impl != "xla" and length % 2 == 1
+        even_pad = cache is None and ATTENTION_IMPLS[cfg.attention_impl] != "xla" and length % 2 == 1
         if even_pad:
             x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
             positions = jnp.pad(positions, ((0, 0), (0, 1)), mode="edge")
