@@ -15,7 +15,8 @@ beside them. The peak is measured in the same run: a jitted 2048^3
 matmul, the faster of float32 and bfloat16 inputs (float32 accumulation), median of 5, before
 and after the step timing. Prints step time, achieved GFLOP/s, the peak, and MFU = achieved /
 peak (target >= 0.5). ``--profile DIR`` then traces 3 steps into DIR and prints op time by
-model part (train/profile.py; docs/performance.md reads one).
+model part and by kind of op, with the bytes each kind moves (train/profile.py;
+docs/performance.md reads them).
 
     python bench/align_step.py --config configs/llama2_7b_chat.py:8xh100 --seconds 10
 

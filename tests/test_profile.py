@@ -86,10 +86,10 @@ def test_copied_donated_arrays_names_the_donated_arrays_the_compiled_step_copies
 
 def _rows(table: str) -> list[list[str]]:
     """'  12.3 ms  45.6%  _Net/wide bwd' -> ['12.3', 'ms', '45.6%', '_Net/wide', 'bwd'] (the
-    model-part table; the single-op list below it ends it)."""
+    model-part table; the by-kind table or the single-op list below it ends it)."""
     rows = []
     for line in table.splitlines():
-        if line.startswith("top "):
+        if line.startswith(("top ", "op time per step by kind")):
             break
         if line.startswith("  ") and "more parts" not in line:
             rows.append(line.split())
@@ -151,6 +151,39 @@ def test_bench_profile_attributes_a_steps_op_time_to_its_modules(tmp_path, capsy
     assert re.search(r"steps 1-2: \d+ ms of wall time while traced, \d+ ms a step", out), out
 
 
+def _traced_kinds(out_dir, f, *args):
+    """(the table StepTrace returns, {kind: (runs, ms, MB) per step}) for 2 traced runs of f."""
+    compiled = jax.jit(f).lower(*args).compile()
+    hlo = compiled.as_text()
+    tracer = profile.StepTrace(str(out_dir), 1, 2)
+    for step in (1, 2):
+        tracer.before(step)
+        table = tracer.after(step, lambda: [hlo], compiled(*args))
+    return table, {kind: (runs, ms, mb) for kind, runs, ms, mb in profile.op_time_by_kind(str(out_dir), [hlo], 2)}
+
+
+def test_op_time_by_kind_counts_each_kinds_runs_and_bytes(tmp_path):
+    """The by-kind table: a matmul's bytes are its operands' and result's, an elementwise op's
+    its input's and output's, once per run; a scan's loop and its in-place updates have none."""
+    table, rows = _traced_kinds(tmp_path / "a", lambda x, w, y: (x @ w, jnp.sin(y) * 2.0 + 1.0),
+                                jnp.ones((256, 128)), jnp.ones((128, 64)), jnp.ones((512, 512)))
+    assert "op time per step by kind of op" in table, table
+    runs, ms, mb = rows[profile.MATMUL]
+    assert runs == 1 and ms > 0 and mb == pytest.approx((256 * 128 + 128 * 64 + 256 * 64) * 4 / 1e6), rows
+    # sin(y) * 2 + 1: one fused pass, read 1 MiB and write 1 MiB (an XLA loop fusion, or a
+    # library fusion where XLA:CPU gives the elementwise ops to YNNPACK)
+    fused = [rows[k] for k in (profile.LOOP_FUSION, profile.LIBRARY) if k in rows]
+    assert [(runs, mb) for runs, _, mb in fused] == [(1, pytest.approx(2 * 512 * 512 * 4 / 1e6))], rows
+
+    def scan(z):
+        return jax.lax.scan(lambda c, row: (c * 0.5 + row, c), z[0], z)
+
+    _, rows = _traced_kinds(tmp_path / "b", scan, jnp.ones((6, 4096)))
+    assert rows[profile.CONTROL][2] is None, rows        # the while's time spans its body's ops
+    assert rows[profile.DYNAMIC_SLICE][0] >= 6, rows      # the body's per-iteration slices, ...
+    assert rows[profile.DYNAMIC_SLICE][2] is None, rows   # ... not counted as whole arrays
+
+
 def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
     config = small_config("--config.total_steps=12", "--config.profile.start_step=3", "--config.profile.steps=2")
     assert loop.train(config, str(tmp_path))["status"] == "done"
@@ -161,6 +194,7 @@ def test_trainer_traces_the_configured_steps_and_writes_the_table(tmp_path):
     rows = _rows(text)
     parts = {" ".join(r[3:]) for r in rows}
     assert {"MLP", "MLP bwd"} <= parts, rows   # the toy MLP's forward and its gradient
+    assert re.search(r"\n +[\d.]+ +\d+ +[\d.]+ +[\d.]+  " + re.escape(profile.MATMUL), text), text
 
 
 def test_device_traces_count_kernel_time_not_host_launches(tmp_path):

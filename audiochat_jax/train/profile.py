@@ -6,8 +6,11 @@ the op time per step by model part; ``bench/align_step.py --profile DIR`` does t
 the bench's step. A part is the Flax module path that issued the op, with ``layers_N`` merged
 (``AudioEmbedder/encoder/conv/depthwise_conv``) and `` bwd`` for the backward pass; XLA:CPU
 runs independent ops side by side, so the parts can sum to more than the step's wall time.
-Below the table, the 20 largest single HLO ops with their result shapes and source ops say
-where a part's time goes (e.g. 31 separately written windows of one depthwise conv).
+Below it, the op time by kind of op (matmuls, XLA's loop fusions, library fusions, copies, ...)
+with the bytes each kind's ops read and write (from the HLO's shapes), so that a kind's GB/s
+can be set beside the memory's speed; then the 20 largest single HLO ops with their result
+shapes and source ops say where a part's time goes (e.g. 31 separately written windows of one
+depthwise conv).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import time
@@ -110,12 +114,14 @@ def model_part(op_name: str) -> str:
     return ("/".join(parts[:4]) or STEP_OPS) + suffix
 
 
-def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collections.Counter, dict | None]:
-    """``(names, busy, unmatched)`` from the newest trace under ``trace_dir`` (written with
+def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collections.Counter, dict | None,
+                                                       collections.Counter]:
+    """``(names, busy, unmatched, runs)`` from the newest trace under ``trace_dir`` (written with
     ``create_perfetto_trace=True``): HLO instruction -> source op name for the executables
-    whose HLO texts are ``hlo_texts``, total ms per HLO instruction, and (on a GPU/TPU) the
+    whose HLO texts are ``hlo_texts``, total ms per HLO instruction, (on a GPU/TPU) the
     device ms that matched none of them, memcpys apart ({UNMATCHED_DEVICE: ms, DEVICE_COPIES:
-    ms}; None on a CPU)."""
+    ms}; None on a CPU), and how many times each instruction ran (a scanned body's, once per
+    iteration)."""
     traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     if not traces:
         raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: was the trace written "
@@ -130,7 +136,7 @@ def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collectio
     names = {}
     for text in hlo_texts:
         names.update(hlo_op_names(text))
-    busy = collections.Counter()
+    busy, runs = collections.Counter(), collections.Counter()
     unmatched = {UNMATCHED_DEVICE: 0.0, DEVICE_COPIES: 0.0} if devices else None
     # The jitted functions of these executables ("jit(step)"): a memcpy naming a source op under
     # one of them is theirs, one under another function (another executable's) is not.
@@ -145,10 +151,11 @@ def _step_op_times(trace_dir: str, hlo_texts) -> tuple[dict[str, str], collectio
             names[op] = args["name"]  # an async fusion's copy: its source op (see COPIES)
         if op in names:  # an HLO op (thunk / kernel) of the step; not runtime/Python events
             busy[op + COPIES if copy else op] += e["dur"] / 1e3
+            runs[op + COPIES if copy else op] += 1
         elif devices:
             kind = DEVICE_COPIES if e["name"].lower().startswith("memcpy") else UNMATCHED_DEVICE
             unmatched[kind] += e["dur"] / 1e3
-    return names, busy, unmatched
+    return names, busy, unmatched, runs
 
 
 def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, float]]:
@@ -158,7 +165,7 @@ def op_time_by_part(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, fl
     return _parts(*_step_op_times(trace_dir, hlo_texts), steps)
 
 
-def _parts(names, busy, unmatched, steps: int) -> list[tuple[str, float]]:
+def _parts(names, busy, unmatched, _runs, steps: int) -> list[tuple[str, float]]:
     parts = collections.Counter()
     if unmatched is not None:  # listed even when 0: the table says it was a device trace
         parts[UNMATCHED_DEVICE] = unmatched[UNMATCHED_DEVICE] / steps
@@ -176,7 +183,7 @@ def top_ops(trace_dir: str, hlo_texts, steps: int, top: int = 20) -> str:
     return _top(*_step_op_times(trace_dir, hlo_texts), hlo_texts, steps, top)
 
 
-def _top(names, busy, _unmatched, hlo_texts, steps: int, top: int = 20) -> str:
+def _top(names, busy, _unmatched, _runs, hlo_texts, steps: int, top: int = 20) -> str:
     shapes = {}
     for text in hlo_texts:
         shapes.update(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+)", text, re.M))
@@ -184,6 +191,127 @@ def _top(names, busy, _unmatched, hlo_texts, steps: int, top: int = 20) -> str:
     for op, ms in busy.most_common(top):
         base = op.removesuffix(COPIES)
         lines.append(f"  {ms / steps:8.2f} ms  {op:28s} {shapes.get(base, '?'):32s} {names[base][-100:] or '-'}")
+    return "\n".join(lines)
+
+
+# Kinds of op for the by-kind table (op_time_by_kind).
+MATMUL = "matmuls: dots, convolutions (with what a library fusion fused into them)"
+LIBRARY = "library fusions without a matmul (XLA:CPU's YNNPACK: elementwise, reductions)"
+LOOP_FUSION = "XLA loop fusions (elementwise)"
+REDUCTION_FUSION = "XLA reduction fusions"
+COPY = "copies, transposes"
+CONTROL = "while, conditional (their time spans their bodies' ops)"
+# Bytes not counted: a dynamic slice reads, and an in-place update writes, part of its operand.
+DYNAMIC_SLICE = "dynamic slices, in-place updates (a scan's per-step reads and writes)"
+DEVICE_MEMCPY = "device memcpys"
+NOT_IN_HLO = "ops not in the HLO text"
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^=]*?\)|\S+) ([a-z][\w\-]*)\((.*?)\)(?:,|$)")
+
+
+def _shape_bytes(shape: str) -> int:
+    """'f32[16,75,144]{2,1,0}' or a tuple of shapes -> bytes."""
+    total = 0
+    for dtype, dims in re.findall(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]", shape):
+        total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def op_time_by_kind(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, float, float, float | None]]:
+    """``[(kind, runs, ms, MB)]`` per step, by ms: the traced ops grouped by what runs them
+    (a matmul, a library fusion, an XLA loop fusion, a copy, ...).
+
+    MB is what each run's operands and result take, as the HLO gives their shapes: the bytes
+    the op would move reading each input once and writing its output, from memory or cache;
+    None where the trace's op is not in the HLO text or has no such meaning (a loop's thunk,
+    a dynamic slice, a device memcpy). MB / ms says how near each kind comes to the memory's
+    speed: on the 2-core dev CPU the mini align step's elementwise fusions ran at 17-19 GB/s,
+    where a lone in-place elementwise op over 2-256 MiB runs at 49-79 (docs/performance.md,
+    stop 26)."""
+    return _kinds(*_step_op_times(trace_dir, hlo_texts), hlo_texts, steps)
+
+
+def _kinds(names, busy, _unmatched, runs, hlo_texts, steps: int):
+    lines, bodies, current = {}, {}, None
+    for text in hlo_texts:
+        for line in text.splitlines():
+            head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+            if head and not line.startswith(" "):
+                current = bodies.setdefault(head.group(1), [])
+                continue
+            line = re.sub(r"/\*index=\d+\*/", "", line)  # in long tuple shapes
+            m = _INSTRUCTION.match(line)
+            if m:
+                lines[m.group(1)] = (m, line)
+                if current is not None:
+                    current.append(line)
+    shapes = {name: m.group(2) for name, (m, _) in lines.items()}
+    memo: dict[str, set] = {}
+
+    def body_ops(computation: str) -> set:
+        """The opcodes in ``computation`` and what it calls ("matmul-call": a matmul custom call)."""
+        if computation not in memo:
+            memo[computation] = found = set()
+            for line in bodies.get(computation, []):
+                op = _INSTRUCTION.match(line).group(3)
+                found.add("matmul-call" if op == "custom-call" and _matmul_call(line) else op)
+                if called := re.search(r"calls=%([\w.\-]+)", line):
+                    found |= body_ops(called.group(1))
+        return memo[computation]
+
+    table = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for op, ms in busy.items():
+        m, line = lines.get(op, (None, ""))
+        if op.endswith(COPIES) or m is None:
+            kind = DEVICE_MEMCPY if op.endswith(COPIES) else NOT_IN_HLO
+        else:
+            called = re.search(r"calls=%([\w.\-]+)", line)
+            kind = _kind(m.group(3), line, body_ops(called.group(1)) if called else set())
+        nbytes = None
+        if kind not in (CONTROL, DYNAMIC_SLICE, DEVICE_MEMCPY, NOT_IN_HLO):
+            operands = re.findall(r"%([\w.\-]+)", m.group(4))
+            nbytes = _shape_bytes(m.group(2)) + sum(_shape_bytes(shapes.get(a, "")) for a in operands)
+        row = table[kind]
+        row[0] += runs[op]
+        row[1] += ms
+        row[2] = None if nbytes is None or row[2] is None else row[2] + nbytes * runs[op]
+    rows = [(kind, n / steps, ms / steps, None if b is None else b / steps / 1e6)
+            for kind, (n, ms, b) in table.items()]
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def _matmul_call(line: str) -> bool:
+    """A custom call that is a matmul or convolution (cuBLAS, cuDNN, oneDNN)."""
+    target = re.search(r'custom_call_target="([^"]*)"', line)
+    return bool(target and re.search(r"gemm|matmul|conv|dot", target.group(1), re.I))
+
+
+def _kind(op: str, line: str, fused_ops: set) -> str:
+    """The kind of the instruction ``line`` (opcode ``op``; ``fused_ops``: a fusion's opcodes)."""
+    ops = fused_ops | {"matmul-call" if op == "custom-call" and _matmul_call(line) else op}
+    if ops & {"dot", "convolution", "matmul-call"}:
+        return MATMUL
+    if ops & {"dynamic-slice", "dynamic-update-slice"}:
+        return DYNAMIC_SLICE
+    if op == "fusion":
+        fusion_kind = re.search(r"kind=(k\w+)", line)
+        return {"kLoop": LOOP_FUSION, "kInput": REDUCTION_FUSION, "kCustom": LIBRARY}.get(
+            fusion_kind.group(1) if fusion_kind else "", "other fusions")
+    if op in ("copy", "transpose", "copy-start", "copy-done"):
+        return COPY
+    if op in ("while", "conditional", "call"):
+        return CONTROL
+    return op
+
+
+def format_kinds(rows) -> str:
+    """The by-kind table below the model parts."""
+    lines = ["op time per step by kind of op (MB: each run's operands + result; GB/s = MB / ms):",
+             f"  {'ms':>8}  {'runs':>6}  {'MB':>8}  {'GB/s':>6}  kind"]
+    for kind, n, ms, mb in rows:
+        moved = f"{mb:8.1f}  {mb / ms:6.1f}" if mb is not None and ms > 0 else f"{'-':>8}  {'-':>6}"
+        lines.append(f"  {ms:8.1f}  {n:6.0f}  {moved}  {kind}")
     return "\n".join(lines)
 
 
@@ -247,7 +375,7 @@ class StepTrace:
         window = (f"steps {self.first}-{step}: {wall_ms:.0f} ms of wall time while traced, "
                   f"{wall_ms / self.steps:.0f} ms a step")
         table = (window + "\n" + format_parts(_parts(*times, self.steps)) + "\n"
-                 + _top(*times, texts, self.steps))
+                 + format_kinds(_kinds(*times, texts, self.steps)) + "\n" + _top(*times, texts, self.steps))
         with open(os.path.join(self.out_dir, "op_time_by_part.txt"), "w") as f:
             f.write(table + "\n")
         return f"profile of steps {self.first}-{step} in {self.out_dir}\n{table}"
