@@ -42,8 +42,8 @@ COPIES = " copies"  # appended to a part's name for its ops' device memcpys
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
 
-def hlo_op_names(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> the JAX op name in its metadata (a fusion: its first fused op's)."""
+def hlo_computations(hlo_text: str) -> dict[str, list[str]]:
+    """Computation name (fused bodies, loop bodies, ENTRY's) -> its instruction lines."""
     bodies, current = {}, None
     for line in hlo_text.splitlines():
         head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
@@ -51,6 +51,12 @@ def hlo_op_names(hlo_text: str) -> dict[str, str]:
             current = bodies.setdefault(head.group(1), [])
         elif current is not None:
             current.append(line)
+    return bodies
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the JAX op name in its metadata (a fusion: its first fused op's)."""
+    bodies = hlo_computations(hlo_text)
     lines = {m.group(1): line for body in bodies.values() for line in body
              if (m := re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = ", line))}
     names = {}
@@ -233,19 +239,15 @@ def op_time_by_kind(trace_dir: str, hlo_texts, steps: int) -> list[tuple[str, fl
 
 
 def _kinds(names, busy, _unmatched, runs, hlo_texts, steps: int):
-    lines, bodies, current = {}, {}, None
+    lines, bodies = {}, {}
     for text in hlo_texts:
-        for line in text.splitlines():
-            head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-            if head and not line.startswith(" "):
-                current = bodies.setdefault(head.group(1), [])
-                continue
-            line = re.sub(r"/\*index=\d+\*/", "", line)  # in long tuple shapes
-            m = _INSTRUCTION.match(line)
-            if m:
-                lines[m.group(1)] = (m, line)
-                if current is not None:
-                    current.append(line)
+        for name, body in hlo_computations(text).items():
+            bodies[name] = []
+            for line in body:
+                line = re.sub(r"/\*index=\d+\*/", "", line)  # in long tuple shapes
+                if m := _INSTRUCTION.match(line):
+                    lines[m.group(1)] = (m, line)
+                    bodies[name].append(line)
     shapes = {name: m.group(2) for name, (m, _) in lines.items()}
     memo: dict[str, set] = {}
 
