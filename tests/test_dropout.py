@@ -4,23 +4,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiochat_jax.models.dropout import Dropout, keep_mask, random_bits
+from audiochat_jax.models.dropout import Dropout, keep_mask, random_bits, random_word_pairs
 from audiochat_jax.parallel import sharding
 
 DROP = round(0.1 * 65536) / 65536       # the rate as drawn: 6554 / 65536
 
 
-def test_keep_mask_drops_at_the_rate_with_independent_halves_of_each_word():
+def test_keep_mask_drops_at_the_rate_with_independent_quarters_of_each_hash():
     mask = np.asarray(keep_mask(jax.random.key(0), 0.1, (64, 125, 129)))   # odd last axis
     assert mask.shape == (64, 125, 129)
     n = mask.size
     # Binomial: 5 standard deviations of the mean of ~1M draws is ~0.0015.
     assert abs(mask.mean() - (1 - DROP)) < 5 * np.sqrt(DROP * (1 - DROP) / n)
-    # The two 16-bit halves of one 32-bit word (adjacent elements) are independent draws:
-    # P(both kept) = keep^2. Taking one half twice would give keep instead.
-    pairs = mask[..., 0:128:2] & mask[..., 1:128:2]
+    # One hash gives 4 consecutive elements of the last axis their 16 bits each (two halves
+    # of each of its two words); any two of them are independent draws: P(both kept) = keep^2.
+    # Taking one quarter twice would give keep instead.
     keep = 1 - DROP
-    assert abs(pairs.mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / pairs.size)
+    for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (3, 4)):   # (3, 4): across hashes
+        pairs = mask[..., a:124:4] & mask[..., b:125:4]
+        assert abs(pairs.mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / pairs.size), (a, b)
     # Neighbours along the leading axes are independent too (rows come from different words).
     rows = mask[:, :-1] & mask[:, 1:]
     assert abs(rows.mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / rows.size)
@@ -37,6 +39,19 @@ def test_random_bits_are_jax_random_bits_bit_for_bit(shape):
         ours = jax.jit(random_bits, static_argnums=1)(key, shape)
         assert ours.dtype == jnp.uint32 and ours.shape == shape
         np.testing.assert_array_equal(ours, jax.random.bits(key, shape, jnp.uint32))
+
+
+def test_word_pairs_are_the_two_words_jax_random_bits_xors():
+    """random_word_pairs keeps both words of the hash that random_bits (= jax.random.bits)
+    XORs into one, so the mask's bits come from jax's own Threefry stream; other key types
+    draw two jax.random.bits words per element."""
+    for key in (jax.random.key(3), jax.random.PRNGKey(11)):
+        pairs = jax.jit(random_word_pairs, static_argnums=1)(key, (16, 75, 144))
+        assert pairs.dtype == jnp.uint32 and pairs.shape == (16, 75, 144, 2)
+        np.testing.assert_array_equal(pairs[..., 0] ^ pairs[..., 1], jax.random.bits(key, (16, 75, 144), jnp.uint32))
+        assert (pairs[..., 0] != pairs[..., 1]).mean() > 0.99
+    rbg = jax.random.key(5, impl="rbg")
+    np.testing.assert_array_equal(random_word_pairs(rbg, (3, 4)), jax.random.bits(rbg, (3, 4, 2), jnp.uint32))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rolled loop is JAX's CPU lowering")
