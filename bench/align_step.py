@@ -66,6 +66,10 @@ docs/performance.md):
                                            (23.48 G; XLA's count 26.61 G), with dropout's hash
                                            unrolled and the stem's 1x1 conv as a matmul: 0.957-
                                            0.973 of the stop-22 step's time (align_step_ab.py)
+                                           286.2; 304.3 ms/step: MFU 0.224; 0.210 of bf16,
+                                           0.413; 0.439 of f32, with dropout's masks four
+                                           elements per hash (stop 27; 0.952-0.976 of the
+                                           stop-26 step's time, align_step_ab.py)
 GPU profiles: run with XLA_FLAGS=--xla_gpu_enable_command_buffer= (kernels inside CUDA graphs
 are not named in the trace; docs/performance.md), and time steps without it.
 bench/gpu_7b_step.sh runs this bench's GPU checks of the 7B step within a device session.
