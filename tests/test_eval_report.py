@@ -13,7 +13,7 @@ import pytest
 from eval_fixtures import make_speech_llm, make_world
 from audiochat_jax import evaluate
 from audiochat_jax.data.mini_world import MiniWorld
-from audiochat_jax.eval import qa, render
+from audiochat_jax.eval import qa, render, translation
 from audiochat_jax.eval.config import default_eval_config
 from audiochat_jax.eval.prompting import Prompter, content_parts
 from audiochat_jax.eval.speech_model import SpeechModel
@@ -83,7 +83,13 @@ def test_evaluate_writes_markdown_json_and_plots(setup, capsys):
         ppl = results["perplexity"][name]
         assert set(ppl) == {"text", "audio", "cascade:ctc"}
         assert all(np.isfinite(v["ppl"]) and v["ppl"] > 1 for v in ppl.values())
-    assert set(results["translation"]["bleu"]) == {"text", "audio", "cascade:ctc"}
+    tr = results["translation"]
+    assert set(tr["bleu"]) == set(tr["replies"]) == {"text", "audio", "cascade:ctc"}
+    for path, replies in tr["replies"].items():   # every reply is kept, and BLEU is theirs
+        refs = [r for r, _ in tr["examples"][path]]
+        assert len(refs) == len(replies) == tr["n_items"] == 2
+        assert [h for _, h in tr["examples"][path]] == replies
+        assert translation.bleu(replies, refs) == pytest.approx(tr["bleu"][path])
     assert results["asr"]["ctc"]["n"] > 0 and results["qa"]["n_items"] == 4
     # Training questions (spoken in the alignment corpus) beside the held-out ones, every path.
     assert results["qa_train"]["n_items"] == 2

@@ -31,10 +31,13 @@ def translate(prompter: Prompter, parts: Sequence[Part], instruction: str,
 
 def speech_translation(prompter: Prompter, references: Sequence[str], paths: Mapping[str, Sequence[Part]],
                        instruction: str, system: str | None = None, n_examples: int = 3) -> dict:
-    """paths: name -> per item content part. -> {"n_items", "bleu": {path}, "examples": {path}}."""
-    out = {"n_items": len(references), "bleu": {}, "examples": {}}
+    """paths: name -> per item content part. -> {"n_items", "bleu": {path}, "examples": {path}
+    (the first ``n_examples`` (reference, reply) pairs, for the report), "replies": {path} (every
+    reply, in item order, so that results.json says what each BLEU was computed from)}."""
+    out = {"n_items": len(references), "bleu": {}, "examples": {}, "replies": {}}
     for name, parts in paths.items():
         hyps = translate(prompter, parts, instruction, system)
         out["bleu"][name] = bleu(hyps, references)
         out["examples"][name] = [(r, h) for r, h in zip(references, hyps)][:n_examples]
+        out["replies"][name] = list(hyps)
     return out
