@@ -1,7 +1,7 @@
 """audiochat_jax: teach a frozen Llama-2-chat to listen (JAX/Flax).
 
-Version ranges are the ones tested here (see ../shared/ENV-NOTES.md in the dev tree):
-lower bounds are what the code uses, upper bounds the next major/minor we have not tried.
+Version ranges: lower bounds are what the code uses, upper bounds the next major/minor that
+has not been tried.
 """
 from setuptools import find_packages, setup
 
@@ -34,8 +34,17 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
 ]
 
+# The OpenAI-compatible server and its web demo (python -m audiochat_jax.serve).
+SERVE = ["fastapi>=0.115,<1", "uvicorn>=0.30,<1"]
+
 EXTRAS = {
-    "dev": [
+    "serve": SERVE,
+    "dev": SERVE + [
+        # The server's tests: the official client against a live server, and the demo page
+        # in headless Chromium (Debian's chromium + chromium-driver; .ci/run installs them).
+        "openai>=1.40,<4",
+        "selenium>=4.20,<5",
+        "httpx>=0.27,<1",
         "pytest>=8,<10",
         "pytest-xdist>=3.6,<4",  # --no-loadscope-reorder (README's test command)
         # CPU torch from local disk here; a bare `torch` would pull a multi-GB CUDA build.
@@ -59,6 +68,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["audiochat_jax", "audiochat_jax.*"]),
+    package_data={"audiochat_jax.serving": ["static/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -17,7 +17,6 @@ import os
 import runpy
 import sys
 
-from audiochat_jax import huge_pages
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -56,5 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # before joining the cluster: it reruns the command
     main(sys.argv[1:])

@@ -13,23 +13,21 @@ Evaluates an aligned speech LLM on the mini world's held-out items and writes a 
 The eval audio is new: fresh espeak-ng renditions (eval/render.py) of held-out sentences by
 voices never heard in training (``config.eval.voices="unseen"``). Fields of ``config.eval``
 are documented in audiochat_jax/eval/config.py; the config file may also be an eval section
-itself. ``--workdir`` fills the path fields from a pipeline work dir (pipeline.paths).
+itself. ``--workdir`` fills the path fields from a pipeline work dir (workflow.layout.paths).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Sequence
 
 import numpy as np
 
-from audiochat_jax import huge_pages
 from audiochat_jax.eval import cascade, perplexity, qa, render, report, robustness, translation
 from audiochat_jax.eval.config import SWEEPS
-from audiochat_jax.eval.prompting import Prompter, content_parts, response_ids
-from audiochat_jax.eval.speech_model import SpeechModel
+from audiochat_jax.inference.prompting import Prompter, content_parts, response_ids
+from audiochat_jax.inference.speech_model import SpeechModel
 
 
 def _cap(items: list, n: int) -> list:
@@ -57,8 +55,9 @@ class _ASR:
 
 def run(config) -> dict:
     """Runs the evaluation described by ``config`` (an eval section); returns a JSON-able summary."""
-    from audiochat_jax.data.mini_world import MiniWorld, TRANSLATE_INSTRUCTION
-    from audiochat_jax.transcribe import Transcriber
+    from audiochat_jax.data.mini_lexicon import TRANSLATE_INSTRUCTION
+    from audiochat_jax.data.mini_world import MiniWorld
+    from audiochat_jax.inference.transcriber import Transcriber
     c = config
     for key in ("aligned_dir", "out_dir"):
         if not c.get(key):
@@ -145,6 +144,26 @@ def run(config) -> dict:
             results["translation"] = translation.speech_translation(
                 prompter, [t.fr for t in tr_items], tr_paths, TRANSLATE_INSTRUCTION, system)
 
+        if c.n_family_items:
+            log("instruction families")
+            from audiochat_jax.eval import instructions as family_lib
+            pool, first = world.instruction_pool(), {}
+            for instr in pool:
+                first.setdefault(instr.family, instr)
+            # Half held-out questions, half held-out translation sentences: audio, cascade
+            # transcripts and embeddings already computed above.
+            half = c.n_family_items // 2
+            pick = {"qa": _cap(list(range(len(sets["qa"]))), half),
+                    "translation": _cap(list(range(len(sets["translation"]))), c.n_family_items - half)}
+            texts = [sets[name][i] for name, idx in pick.items() for i in idx]
+            fam_paths = {}
+            for name, idx in pick.items():
+                for path, make in paths_for(name).items():
+                    fam_paths.setdefault(path, []).extend(make(idx))
+            results["families"] = family_lib.family_eval(
+                prompter, list(first.values()), texts, fam_paths, system=system,
+                trained=model.meta.get("families") or ["respond"])
+
         log("perplexity")
         results["perplexity"] = {}
         for name, instruction, refs in (("qa", "{content}", [world.reply(q.question) for q in qa_items]),
@@ -189,6 +208,9 @@ def run(config) -> dict:
             "qa_accuracy": results["qa"]["accuracy"], "qa_text_accuracy": results["qa"]["text_accuracy"],
             "qa_train_accuracy": results.get("qa_train", {}).get("accuracy"),
             "bleu": results.get("translation", {}).get("bleu"),
+            "families": {f: {"heldout": v["heldout"], "follows": v["follows"].get("audio"),
+                             "agreement": v["agreement"].get("audio")}
+                         for f, v in results.get("families", {}).get("families", {}).items()},
             "ppl": {k: {p: v["ppl"] for p, v in d.items()} for k, d in results["perplexity"].items()},
             "seconds": results["seconds"]}
 
@@ -245,8 +267,10 @@ def _acc(items, replies) -> float:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags, logging
+    from absl import flags
     from ml_collections import config_flags
+
+    from audiochat_jax.util.cli import absl_main
 
     config = config_flags.DEFINE_config_file(
         "config", None, "Config file whose `eval` section (or itself) holds the eval fields, e.g. "
@@ -254,25 +278,15 @@ def main(argv=None) -> None:
     workdir = flags.DEFINE_string("workdir", None, "Pipeline work dir: fills the eval section's paths.")
     flags.mark_flags_as_required(["config"])
 
-    def _main(args):
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
+    def body():
         cfg = config.value
         if workdir.value:
-            from audiochat_jax import pipeline
-            pipeline.fill_paths(cfg, workdir.value)
-        section = cfg.eval if "eval" in cfg else cfg
-        try:
-            summary = run(section)
-        except (ValueError, FileNotFoundError) as e:
-            sys.exit(f"error: {e}")
-        print(json.dumps(summary, indent=1, default=float))
+            from audiochat_jax.workflow.layout import fill_paths
+            fill_paths(cfg, workdir.value)
+        print(json.dumps(run(cfg.eval if "eval" in cfg else cfg), indent=1, default=float))
 
-    app.run(_main, argv=argv)
+    absl_main(body, argv)
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     main()

@@ -18,7 +18,7 @@ import sys
 import jax
 import numpy as np
 
-from audiochat_jax.model_dir import load_model_dir
+from audiochat_jax.models.model_dir import load_model_dir
 from audiochat_jax.models.generate import generate
 from audiochat_jax.models.llama import LlamaConfig
 from audiochat_jax.text.chat_template import encode_dialog
@@ -45,9 +45,9 @@ def parse_args(argv):
                    help="user message (repeat for a batch of independent prompts)")
     p.add_argument("--system", default=None, help="optional system prompt")
     p.add_argument("--raw", action="store_true", help="no chat template: BOS + the prompt text")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=256)
+    p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_p", "--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--json", action="store_true", help="print token ids as JSON lines")
     return p.parse_args(argv)

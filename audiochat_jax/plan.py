@@ -33,7 +33,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from audiochat_jax.slices import CHIPS
+from audiochat_jax.parallel.chips import CHIPS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An align config with a `plan` section, e.g. configs/llama2_7b_chat.py:8xh100; "
@@ -74,7 +74,9 @@ def abstract_batch(config, mesh) -> dict:
     shapes = {"audio": ((B, max(a.buckets)), jnp.float32), "audio_lengths": ((B,), jnp.int32),
               "labels": ((B, a.max_label_length), jnp.int32), "label_lengths": ((B,), jnp.int32),
               "response_ids": ((B, a.max_response_length), jnp.int32),
-              "response_lengths": ((B,), jnp.int32), "valid": ((B,), jnp.bool_)}
+              "response_lengths": ((B,), jnp.int32), "valid": ((B,), jnp.bool_),
+              "prefix_ids": ((B, config.plan.prefix_tokens), jnp.int32), "prefix_lengths": ((B,), jnp.int32),
+              "suffix_ids": ((B, config.plan.suffix_tokens), jnp.int32), "suffix_lengths": ((B,), jnp.int32)}
     if a.ctc_weight > 0:
         shapes.update(ctc_labels=((B, a.ctc_max_label_length), jnp.int32), ctc_label_lengths=((B,), jnp.int32))
     return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s)))
@@ -86,16 +88,13 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
 
     ``llm_layers`` replaces the LLM depth, unrolled (no scan): the FLOP-count compiles.
     """
-    import jax
     import jax.numpy as jnp
-    import numpy as np
     from audiochat_jax.audio.features import FeatureConfig
     from audiochat_jax.data.llm_on_mesh import abstract_llm
     from audiochat_jax.models.conformer import ConformerConfig
     from audiochat_jax.models.llama import LlamaConfig
     from audiochat_jax.models.projector import ProjectorConfig
     from audiochat_jax.models.speech_llm import AudioEmbedder
-    from audiochat_jax.parallel import sharding
     from audiochat_jax.train import align, tasks
 
     a = config.align
@@ -107,11 +106,9 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
     feat_cfg = FeatureConfig.from_dict(config.plan.features.to_dict())
     proj_cfg = ProjectorConfig.from_dict(dict(a.projector.to_dict(), in_dim=enc_cfg.d_model, out_dim=llm_cfg.dim))
     embedder = AudioEmbedder(enc_cfg, proj_cfg, ctc_head=a.ctc_weight > 0)
-    prefix = np.ones((config.plan.prefix_tokens,), np.int32)
-    suffix = np.ones((config.plan.suffix_tokens,), np.int32)
     patterns = align.frozen_patterns(a.trainable, enc_cfg.n_layers)
-    forward = align.make_forward(a, llm_cfg, embedder, feat_cfg, prefix, suffix,
-                                 blank_id=enc_cfg.vocab_size - 1, patterns=patterns)
+    forward = align.make_forward(a, llm_cfg, embedder, feat_cfg, blank_id=enc_cfg.vocab_size - 1,
+                                 patterns=patterns)
     loss = align.make_loss(a, forward)
 
     frozen, _ = abstract_llm(llm_cfg, mesh)
@@ -123,8 +120,7 @@ def abstract_task(config, mesh, llm_layers: int | None = None):
 
     task = tasks.Task(init=init, loss=loss, train_data=lambda: iter(()), frozen=frozen,
                       frozen_patterns=patterns,
-                      uncounted_flops=align.make_uncounted_flops(a, llm_cfg, embedder, feat_cfg, init,
-                                                                 len(prefix), len(suffix)))
+                      uncounted_flops=align.make_uncounted_flops(a, llm_cfg, embedder, feat_cfg, init))
     return task, llm_cfg
 
 
@@ -142,7 +138,7 @@ def compile_step(config, mesh, llm_layers: int | None = None):
     frozen_patterns = tuple(config.optimizer.frozen_patterns or ()) + tuple(task.frozen_patterns)
     tx, schedule = optimizer.make_optimizer(config, frozen_patterns)
     _, abstract_state, shardings = loop.train_state_shapes(task, tx, mesh, config.seed)
-    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps, config.nonfinite_skip)
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), sharding.axis_rules():
         batch = abstract_batch(config, mesh)
@@ -185,9 +181,9 @@ def plan(config, devices: int = 0, chip: str | None = None, check_flops: bool = 
         raise ValueError(f"{n} devices requested but JAX has {len(jax.devices())}; run plan as its own "
                          "process (it sets jax_num_cpu_devices before JAX starts)")
     mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:n])
-    if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
+    if config.batch_size % (sharding.batch_shards(mesh) * config.grad_accum_steps):
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by data*fsdp="
-                         f"{mesh.shape['data'] * mesh.shape['fsdp']} x grad_accum_steps")
+                         f"{sharding.batch_shards(mesh)} x grad_accum_steps")
     compiled, state, seconds, uncounted = compile_step(config, mesh)
     mem = compiled.memory_analysis()
     f_scan = flop_count.compiled_flops(compiled)

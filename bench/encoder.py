@@ -1,36 +1,35 @@
-"""Conformer encoder forward throughput: ours (JAX, jitted) vs transformers' ParakeetEncoder
-(PyTorch eager, ``torch.no_grad``) on the same CPU, same config, same weights, same padded
-batch of log-mel features. Reports audio seconds processed per wall second and the ratio.
+"""Conformer encoder forward: ours (JAX, jitted) vs transformers' ParakeetEncoder (PyTorch
+eager, ``torch.no_grad``), same CPU, config, weights and padded batch of log-mel features,
+interleaved in one process (bench/protocol.py). Audio seconds encoded per wall second.
 
     python bench/encoder.py                       # mini config, batch 8 x 10 s (~1 min)
     python bench/encoder.py --config paper --layers 4 --batch 4
 
 Both sides get every core the process may use (torch.set_num_threads; XLA's CPU client
-uses all cores by default). Timings are medians of ``--iters`` runs after warm-up; on a
-shared machine they are noisy, so the ratio (measured back to back in one process) is the
-number to read, not the absolute rates.
+uses all cores). Ours computes in ``--dtype`` (float32 by default, as the mini world
+trains); prints the ratio over ``--pairs`` pairs, the load and the matmul peaks of the run.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import protocol  # noqa: E402
 from audiochat_jax.convert.conformer import hf_key_to_nemo, state_to_variables  # noqa: E402
 from audiochat_jax.models import conformer  # noqa: E402
 
 CONFIGS = {
-    # DESIGN's mini encoder (configs/conformer_mini.py).
+    # configs/conformer_mini.py.
     "mini": dict(d_model=144, n_layers=4, n_heads=4, ffn_dim=576, conv_kernel_size=31, subsampling_factor=4,
-                 subsampling_channels=64),
+                 subsampling_channels=32),
     # configs/conformer_paper.py:paper.
     "paper": dict(d_model=512, n_layers=16, n_heads=8, ffn_dim=2048, conv_kernel_size=9, subsampling_factor=8,
                   subsampling_channels=256),
@@ -57,29 +56,21 @@ def build(name: str, layers: int | None, vocab: int = 29):
     return config, variables, hf
 
 
-def median_seconds(fn, iters: int) -> float:
-    fn()  # warm-up (compiles ours; torch allocator warm-up)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="mini")
     parser.add_argument("--layers", type=int, help="override the number of conformer blocks")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="longest utterance (10 ms frames)")
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--dtype", default="float32", help="our compute dtype (torch runs float32)")
     args = parser.parse_args(argv)
 
     import torch
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = protocol.setup_torch_threads()
+    before = protocol.load()
+    print(protocol.machine_line())
+    peaks = protocol.matmul_peaks()
     config, variables, hf = build(args.config, args.layers)
     config = conformer.ConformerConfig.from_dict(dict(config.to_dict(), dtype=args.dtype))
 
@@ -95,7 +86,7 @@ def main(argv=None) -> int:
     fwd = jax.jit(lambda v, x, n: encoder.apply(v, x, n))
     enc_vars = {k: v["encoder"] for k, v in variables.items()}
     x, n = jnp.asarray(feats), jnp.asarray(lengths, jnp.int32)
-    ours = median_seconds(lambda: jax.block_until_ready(fwd(enc_vars, x, n)), args.iters)
+    ours = lambda: jax.block_until_ready(fwd(enc_vars, x, n))  # noqa: E731
 
     tx = torch.from_numpy(feats)
     tmask = torch.from_numpy(np.arange(frames)[None, :] < lengths[:, None])
@@ -104,16 +95,16 @@ def main(argv=None) -> int:
         with torch.no_grad():
             hf.encoder(input_features=tx, attention_mask=tmask)
 
-    ref = median_seconds(torch_fwd, args.iters)
+    pairs = protocol.interleave(ours, torch_fwd, args.pairs)
     n_params = conformer.param_count({"params": enc_vars["params"]})
     print(f"config={args.config} layers={config.n_layers} d_model={config.d_model} params={n_params / 1e6:.2f}M "
           f"batch={args.batch} longest={args.seconds:g}s audio={audio_seconds:.1f}s threads={threads} "
-          f"ours_dtype={args.dtype} jax={jax.__version__} torch={torch.__version__}")
-    print(f"ours (JAX jit)          {ours * 1000:8.1f} ms/batch  {audio_seconds / ours:8.1f} audio s/s")
-    print(f"transformers (PyTorch)  {ref * 1000:8.1f} ms/batch  {audio_seconds / ref:8.1f} audio s/s")
-    print(f"ratio ours/transformers: {ref / ours:.2f}x  (target >= 1.5x; shared machine: noisy)")
-    return 0
+          f"ours {args.dtype}, torch float32")
+    print(pairs.line(f"encoder ({args.config}) audio s/s", audio_seconds))
+    print(protocol.peaks_line(peaks))
+    print(protocol.load_line(before))
+    return {"encoder": pairs, "audio_seconds": audio_seconds}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -10,14 +10,10 @@ the config's remat) on abstract inputs (nothing is allocated), once with the blo
 unrolled and once scanned (``scan_layers``: one block compiled instead of n). Prints both
 times, the ratio, and a check of the MFU FLOP count: XLA counts a scanned body once, so
 the scanned count plus ``conformer.scanned_flops_uncounted`` should equal the unrolled count.
-
-Measured on the 2-core dev CPU (2026-11-26): see docs/performance.md, "Compile time"
-(compile time, and with --steps the run time and memory).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -33,11 +29,9 @@ from audiochat_jax.models import conformer, ctc  # noqa: E402
 
 
 def paper_config(variant: str, layers: int | None) -> conformer.ConformerConfig:
+    from audiochat_jax.train import config_files
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "conformer_paper.py")
-    spec = importlib.util.spec_from_file_location("conformer_paper", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    fields = mod.get_config(variant).encoder.to_dict()
+    fields = config_files.load(f"{path}:{variant}").encoder.to_dict()
     if layers:
         fields["n_layers"] = layers
     return conformer.ConformerConfig.from_dict(fields)

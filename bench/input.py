@@ -10,8 +10,8 @@ examples/s a train step consumes, then the ratio (target >= 5x).
 The consumer is the real align train step (bench/align_step.py: log-mel on device, the
 mini conformer, projector, splice, the frozen mini LLM's forward + backward, AdamW) on the
 same batch shapes, timed per bucket and weighted by the bucket mix the pipeline actually
-produced. Pipeline and step are timed one after the other on the same (shared, noisy) CPU;
-in training they share it, which this does not model.
+produced. Pipeline and step are timed one after the other on the same CPU (in training they
+share it, which this does not model); the load average is printed beside the ratio.
 """
 from __future__ import annotations
 
@@ -102,14 +102,17 @@ def align_step(batch: int):
     return run
 
 
-def main():
+def main(argv=None) -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import protocol
+    before = protocol.load()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", help="a prepared TFDS speech dataset (default: build a synthetic one)")
     p.add_argument("--split", default="train")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--buckets", default="32000,64000", help="padded audio lengths in samples")
     p.add_argument("--num_batches", type=int, default=20, help="timed pipeline batches")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     buckets = tuple(int(b) for b in args.buckets.split(","))
     fc = FeatureConfig()
 
@@ -141,6 +144,8 @@ def main():
               f"{step_s[b] * 1e3:8.1f} ms ({100 * logmel_s[b] / step_s[b]:.1f}% of it)")
     print(f"align train step consumes {consumed:9.1f} examples/s")
     print(f"RATIO pipeline / consumer: {audio_rate / consumed:.1f}x (target >= 5x)")
+    print(protocol.load_line(before))
+    return {"pipeline": audio_rate, "consumed": consumed}
 
 
 if __name__ == "__main__":

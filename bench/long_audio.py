@@ -60,16 +60,13 @@ def build(model_dir: str):
     from audiochat_jax.models.conformer import ConformerConfig
     from audiochat_jax.models.projector import ProjectorConfig
     if model_dir:
-        from audiochat_jax import model_dir as md
+        from audiochat_jax.models import model_dir as md
         meta, variables = md.load_model_dir(model_dir, speech_llm.KIND)
         spec = speech_llm.SpeechLLMConfig.from_dict(meta["config"])
         return spec.embedder(), variables, FeatureConfig.from_dict(spec.features)
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "conformer_mini.py")
-    spec = importlib.util.spec_from_file_location("conformer_mini", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    from audiochat_jax.train import config_files
+    c = config_files.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                                       "conformer_mini.py"))
     enc_fields = {k: v for k, v in c.encoder.to_dict().items() if k != "kind"}
     enc = ConformerConfig.from_dict({**enc_fields, "dropout": 0.0, "attention_dropout": 0.0})
     emb = speech_llm.AudioEmbedder(enc, ProjectorConfig(in_dim=enc.d_model, out_dim=128, stack=2, kind="mlp"))

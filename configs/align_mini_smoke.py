@@ -9,8 +9,8 @@ auxiliary CTC loss (0.3). The loss falls and WORKDIR/model holds a ``speech_llm`
 ``train/align.py`` documents every ``config.align`` field; the four paths are required.
 Args: ``full`` gives the unshrunk mini stage (250 steps, batch 16, eval at the end).
 """
-from audiochat_jax.train import align
+from audiochat_jax.train import align_configs
 
 
 def get_config(arg: str = ""):
-    return align.mini_config(smoke="full" not in set(filter(None, (arg or "").split(","))))
+    return align_configs.mini_config(smoke="full" not in set(filter(None, (arg or "").split(","))))

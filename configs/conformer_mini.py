@@ -9,10 +9,9 @@ train/ctc.py's ``full_config``; configs/mini.py uses these same sections in the 
 `encoder` holds exactly the ConformerConfig fields (`ConformerConfig.from_dict(config.encoder.to_dict())`),
 `features` the FeatureConfig fields. d=144, 4 blocks, 4 heads, FFN 576, depthwise-striding
 4x subsampling with 32 channels: 2.13M parameters with the 28-character English vocabulary +
-blank. The subsampling stem's channel count sets the step time on CPU: throwaway probes
-(DESIGN.md) saw 1.42 s/step with 144 channels vs 0.61 with 64; on 2 cores, batch 16 of 4 s
-clips, the stem alone took 724 ms of a 1553 ms gradient step with 64 channels and 212 ms of
-999 ms with 32 (its [batch, T/2, 40, C] activations fall out of cache), hence 32.
+blank. The subsampling stem's channel count sets the step time on CPU: on 2 cores, batch 16
+of 4 s clips, the stem alone took 724 ms of a 1553 ms gradient step with 64 channels and
+212 ms of 999 ms with 32 (its [batch, T/2, 40, C] activations fall out of cache), hence 32.
 `arg` is unused.
 """
 from audiochat_jax.audio.features import FeatureConfig

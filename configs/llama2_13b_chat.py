@@ -27,7 +27,7 @@ remat policy and attention_impl (`cudnn`: fused attention on NVIDIA GPUs) are ap
 the LLM loaded from align.llm_dir. `plan` is what
 `audiochat_jax.plan` compiles with (the paper conformer's shape, chat-template lengths).
 """
-from audiochat_jax import slices
+from audiochat_jax.train import align_configs
 
 # slice -> (mesh (data, fsdp, tensor), per-device batch).
 # 13B bf16 is 26 GB: FSDP over a host's chips (or more), data across the rest.
@@ -41,6 +41,6 @@ MESHES = {
 
 
 def get_config(arg=None):
-    name = slices.parse_arg(arg, MESHES, "8xh100", "configs/llama2_13b_chat.py")
+    name = align_configs.parse_arg(arg, MESHES, "8xh100", "configs/llama2_13b_chat.py")
     mesh, per_device_batch = MESHES[name]
-    return slices.align_config(__file__, "13b", name, mesh, per_device_batch, remat_policy="dots_no_batch")
+    return align_configs.slice_config(__file__, "13b", name, mesh, per_device_batch, remat_policy="dots_no_batch")

@@ -27,7 +27,7 @@ remat policy and attention_impl (`cudnn`: fused attention on NVIDIA GPUs) are ap
 the LLM loaded from align.llm_dir. `plan` is what
 `audiochat_jax.plan` compiles with (the paper conformer's shape, chat-template lengths).
 """
-from audiochat_jax import slices
+from audiochat_jax.train import align_configs
 
 # slice -> (mesh (data, fsdp, tensor), per-device batch).
 # 70B bf16 is 138 GB: FSDP (x tensor on 16 GiB v5e) so params are <= 17 GB/device; full remat.
@@ -41,6 +41,6 @@ MESHES = {
 
 
 def get_config(arg=None):
-    name = slices.parse_arg(arg, MESHES, "v5p-128", "configs/llama2_70b_chat.py")
+    name = align_configs.parse_arg(arg, MESHES, "v5p-128", "configs/llama2_70b_chat.py")
     mesh, per_device_batch = MESHES[name]
-    return slices.align_config(__file__, "70b", name, mesh, per_device_batch, remat_policy="full")
+    return align_configs.slice_config(__file__, "70b", name, mesh, per_device_batch, remat_policy="full")

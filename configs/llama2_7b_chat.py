@@ -27,7 +27,7 @@ remat policy and attention_impl (`cudnn`: fused attention on NVIDIA GPUs) are ap
 the LLM loaded from align.llm_dir. `plan` is what
 `audiochat_jax.plan` compiles with (the paper conformer's shape, chat-template lengths).
 """
-from audiochat_jax import slices
+from audiochat_jax.train import align_configs
 
 # slice -> (mesh (data, fsdp, tensor), per-device batch).
 # 7B bf16 is 13.5 GB: FSDP over a host's chips keeps params small; data across hosts.
@@ -41,6 +41,6 @@ MESHES = {
 
 
 def get_config(arg=None):
-    name = slices.parse_arg(arg, MESHES, "8xh100", "configs/llama2_7b_chat.py")
+    name = align_configs.parse_arg(arg, MESHES, "8xh100", "configs/llama2_7b_chat.py")
     mesh, per_device_batch = MESHES[name]
-    return slices.align_config(__file__, "7b", name, mesh, per_device_batch, remat_policy="dots_no_batch")
+    return align_configs.slice_config(__file__, "7b", name, mesh, per_device_batch, remat_policy="dots_no_batch")

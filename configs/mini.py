@@ -3,9 +3,9 @@
     python -m audiochat_jax.pipeline --config configs/mini.py --workdir work/mini
 
 runs every missing stage — corpus -> tokenizer -> lm -> speech -> ctc -> responses -> align
--> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), 11-24
-minutes on 2 CPU cores (measured on two dev machines; docs/mini_world.md has the stage
-times), ending in work/mini/evaluate/ (markdown report, plots, JSON).
+-> evaluate — into its own subdirectory of the work dir (audiochat_jax/pipeline.py), about
+a quarter of an hour on 2 CPU cores (docs/mini_world.md has the stage times), ending in
+work/mini/evaluate/ (markdown report, plots, JSON).
 One stage's trainer config alone (paths resolved inside WORKDIR) also runs on its own:
 
     python -m audiochat_jax.train --config configs/mini.py:lm,workdir=work/mini --workdir work/mini/lm
@@ -27,9 +27,10 @@ Sections: ``world`` (data.mini_world.MiniWorld args; ``system_prompt`` "" = none
 trainer configs: ``python -m audiochat_jax.train`` reads exactly these), ``synth``
 (data.synth.SynthConfig fields), ``responses`` (data.responses.ResponsesConfig fields),
 ``lm_check`` (held-out text QA check after lm), ``pipeline`` (synthesis workers, the splits
-the LLM answers), ``eval`` (audiochat_jax/evaluate.py's fields, once it exists). Path
-fields are filled in by the pipeline from ``--workdir``. Sizes come from DESIGN.md's 2-core probes: Llama d=128/4 layers (~1M params),
-conformer d=144/4 blocks/32-channel subsampling (2.1M).
+the LLM answers, whether targets come from the world's instruction pool), ``eval``
+(audiochat_jax/eval/config.py's fields). Path fields are filled in by the pipeline from
+``--workdir``. Sizes fit 2 CPU cores: Llama d=128/4 layers (~1M params), conformer
+d=144/4 blocks/32-channel subsampling (2.1M).
 """
 import ml_collections
 
@@ -37,23 +38,20 @@ from audiochat_jax.data import responses as responses_lib
 from audiochat_jax.data.mini_world import MINI_VOCAB_SIZE
 from audiochat_jax.train import ctc as ctc_task
 from audiochat_jax.train import lm as lm_task
-from audiochat_jax.train import loop
+from audiochat_jax.eval.config import default_eval_config
+from audiochat_jax.train import align_configs, config_files, loop
 
 STAGE_ARGS = ("lm", "ctc", "align", "responses")
 
 
 ENCODERS = ("conformer", "wav2vec2")
+# Task families never trained with audio: the report tests them zero-shot.
+HELDOUT_FAMILIES = "translate,rephrase"
 
 
 def _config_file(name: str, arg: str = ""):
-    """get_config(arg) of configs/NAME.py (a sibling file, not an importable module)."""
-    import importlib.util
-    import os
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    """get_config(arg) of configs/NAME.py."""
+    return config_files.sibling(__file__, name + ".py", arg)
 
 
 def _conformer(smoke: bool) -> tuple[dict, dict]:
@@ -75,9 +73,8 @@ def _lm(smoke: bool) -> ml_collections.ConfigDict:
     c.lm.seq_len = 96
     c.lm.pack = True
     c.lm.eval_batches = 0
-    # 1400 steps (~2.6 epochs of the dialogs): four seeds answered 98.5-100% of held-out text
-    # questions; at 900 steps the same seeds gave 81.5-97.5%, three under lm_check's 0.9
-    # (docs/mini_world.md, stop 27). ~1:15 more on 2 cores.
+    # 1400 steps (~2.6 epochs of the dialogs): four LM seeds answered 98.5-100% of held-out
+    # text questions; at 900 steps the same seeds gave 81.5-97.5%, three under lm_check's 0.9.
     c.total_steps = 1400
     c.batch_size = 24
     c.log_every = 100
@@ -132,15 +129,13 @@ def _ctc(smoke: bool, encoder_kind: str = "conformer") -> ml_collections.ConfigD
     return c
 
 
-def _align(smoke: bool):
-    """The align task's trainer config, when the align task exists (train/align.py)."""
-    try:
-        from audiochat_jax.train import align as align_task
-    except ImportError:
-        return None
-    c = align_task.mini_config(smoke)
+def _align(smoke: bool) -> ml_collections.ConfigDict:
+    """The align task's trainer config (train/align_configs.py)."""
+    c = align_configs.mini_config(smoke)
     c.align.eval_splits = ("test_seen", "test_unseen")
     c.align.instruction = "{content}"  # = config.responses.instruction (checked by the task)
+    c.align.heldout_families = HELDOUT_FAMILIES
+    c.align.max_prefix_length, c.align.max_suffix_length = 32, 4  # the pool: <= 30 and 3 tokens
     c.align.buckets = (48000,)  # <= 3 s: all but 10 of the 3600 clips; one compile
     if smoke:
         c.align.buckets = (48000,)
@@ -171,13 +166,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.synth = dict(seed=0, noise_prob=0.0)
     # Pipeline knobs: synthesis processes (0 = all cores); the speech splits the frozen LLM
     # answers (train: alignment targets; test_seen: held-out audio-vs-text perplexity).
-    c.pipeline = dict(synth_workers=0, response_splits=("train", "test_seen", "test_unseen"))
+    # instruction_pool: the alignment targets are the LM's answers to each transcript in
+    # instructions drawn from the world's pool (corpus/instructions.jsonl: respond, repeat,
+    # rephrase, translate, a text turn before); False: the bare transcript only.
+    c.pipeline = dict(synth_workers=0, response_splits=("train", "test_seen", "test_unseen"),
+                      instruction_pool=True)
     c.ctc = _ctc(smoke, opts.get("encoder", "conformer"))
     c.responses = responses_lib.default_config()
-    c.responses.update(instruction="{content}", max_new_tokens=48, batch_size=64, shard_size=4096)
-    align = _align(smoke)
-    if align is not None:
-        c.align = align
+    c.responses.update(instruction="{content}", max_new_tokens=48, batch_size=64, shard_size=4096,
+                       per_utterance=0, heldout_families=HELDOUT_FAMILIES)
+    c.align = _align(smoke)
     if smoke:
         c.world.update(n_entities=8, n_asr_train=48, n_asr_test=8, n_lm_dialogs=400, n_eval=8)
         c.tokenizer.vocab_size = 400
@@ -186,21 +184,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                        unseen_accents=[], unseen_variants=["m3"])
         c.responses.update(max_new_tokens=24, batch_size=8)
     # The report (audiochat_jax/evaluate.py): same world and voice pools as the training data.
-    try:
-        from audiochat_jax.eval.config import default_eval_config
-    except ImportError:
-        default_eval_config = None
-    if default_eval_config is not None:
-        c.eval = default_eval_config(c.world.to_dict(), c.synth.to_dict(), smoke=smoke)
+    c.eval = default_eval_config(c.world.to_dict(), c.synth.to_dict(), smoke=smoke)
     stage = flags & set(STAGE_ARGS)
     if len(stage) > 1:
         raise ValueError(f"configs/mini.py: give at most one stage arg, got {sorted(stage)}")
     if stage:
-        from audiochat_jax import pipeline
-        pipeline.fill_paths(c, opts.get("workdir", "work/mini"))
+        from audiochat_jax.workflow.layout import fill_paths
+        fill_paths(c, opts.get("workdir", "work/mini"))
         (name,) = stage
-        if name not in c:
-            raise ValueError(f"configs/mini.py:{name}: that stage's task is not available yet")
         if name == "responses":
             out = ml_collections.ConfigDict()
             out.responses = c.responses

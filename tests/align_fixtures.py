@@ -21,7 +21,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.data.speech_datasets import speech_features
 from audiochat_jax.models import conformer

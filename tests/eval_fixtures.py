@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.models.conformer import ConformerConfig
 from audiochat_jax.models.llama import LlamaConfig, init_params

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from align_fixtures import align_config, make_world
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.models import conformer, speech_llm
 from audiochat_jax.models.llama import LlamaConfig

@@ -34,9 +34,11 @@ def test_22050_is_resampled_like_a_polyphase_reference(tmp_path):
     y = load_audio(tmp_path / "e.wav")
     ref = resample_poly(x.astype(np.float64), 320, 441)
     assert abs(len(y) - 16000) <= 1 and len(ref) == 16000
-    # Edges differ by filter design (transients); the interior must agree on a 440 Hz tone.
-    np.testing.assert_allclose(y[500:15500], ref[500:15500], atol=2e-3)
-    np.testing.assert_allclose(y[500:15500], _tone(16000, 16000)[500:15500], atol=2e-3)
+    # Edges differ by filter design (transients); the interior must agree on a 440 Hz tone of
+    # amplitude 0.5. Measured: 4.2e-4 from scipy's polyphase filter (its own passband ripple),
+    # 4.8e-7 from the tone itself sampled at 16 kHz (float32 precision).
+    np.testing.assert_allclose(y[500:15500], ref[500:15500], atol=1e-3)
+    np.testing.assert_allclose(y[500:15500], _tone(16000, 16000)[500:15500], atol=2e-6)
 
 
 def test_int16_conversion_clips_instead_of_wrapping():

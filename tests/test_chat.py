@@ -10,7 +10,8 @@ import soundfile as sf
 
 from eval_fixtures import make_speech_llm, make_world
 from audiochat_jax import chat
-from audiochat_jax.eval.speech_model import SpeechModel
+from audiochat_jax.inference import dialog as dialog_lib
+from audiochat_jax.inference.speech_model import SpeechModel
 from audiochat_jax.models.generate import generate
 from audiochat_jax.text.chat_template import encode_dialog
 from speech_fixtures import tone
@@ -39,7 +40,7 @@ def _greedy(model, ids):
 def test_dialog_parts_are_the_chat_template_with_audio_in_place(setup):
     model = setup["model"]
     tok = model.tokenizer
-    d = chat.Dialog(tok)
+    d = dialog_lib.Dialog(tok)
     d.add_user(text="what is seven plus twelve")
     d.add_assistant("red cat")
     audio = np.ones((3, model.llm_config.dim), np.float32)
@@ -47,7 +48,7 @@ def test_dialog_parts_are_the_chat_template_with_audio_in_place(setup):
     d.add_assistant("le chat")
     d.add_user(text="where does anna live")
     assert [type(p).__name__ for p in d.parts] == ["list", "ndarray", "list"]
-    placeholder = tok.encode(chat.PLACEHOLDER)
+    placeholder = tok.encode(dialog_lib.PLACEHOLDER)
     flat = d.parts[0] + placeholder + d.parts[2]
     assert flat == encode_dialog(tok, d.messages).ids
     assert d.messages[2]["content"] == "translate to french: x"
@@ -62,7 +63,7 @@ def test_chat_streams_text_and_audio_turns_and_survives_bad_audio(setup, monkeyp
     out, err = capsys.readouterr()
     assert "missing.wav" in err and "no such file" in err
     # Recompute the session without the bad turn, one stream per turn.
-    s, d, expected = chat.Streamer(model), chat.Dialog(model.tokenizer), []
+    s, d, expected = dialog_lib.Streamer(model), dialog_lib.Dialog(model.tokenizer), []
     for line in (lines[0], lines[1], lines[3]):
         chat.user_turn(model, d, line)
         expected.append(model.tokenizer.decode(list(s.stream(d.parts, MAX_NEW))))
@@ -71,7 +72,7 @@ def test_chat_streams_text_and_audio_turns_and_survives_bad_audio(setup, monkeyp
     # Turn 1 (text) is exactly the batch generator's greedy answer to the template tokens.
     first = [{"role": "user", "content": lines[0]}]
     assert expected[0].strip() == _greedy(model, encode_dialog(model.tokenizer, first).ids)
-    assert d.messages[2]["content"] == chat.PLACEHOLDER and len(d.messages) == 6
+    assert d.messages[2]["content"] == dialog_lib.PLACEHOLDER and len(d.messages) == 6
 
 
 def test_one_shot_audio_and_unreadable_audio(setup, capsys, tmp_path):

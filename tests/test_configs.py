@@ -46,7 +46,7 @@ def test_config_loads_with_every_documented_arg(path):
 
 @pytest.mark.parametrize("size", ["7b", "13b", "70b"])
 def test_pod_configs_fit_their_slices(size):
-    from audiochat_jax.slices import CHIPS, SLICES
+    from audiochat_jax.parallel.chips import CHIPS, SLICES
     module = _load(os.path.join(REPO, "configs", f"llama2_{size}_chat.py"))
     assert set(module.MESHES) == set(SLICES)
     for name in module.MESHES:

@@ -319,23 +319,6 @@ def test_error_rates_count_word_and_character_edits():
         error_rates(["a", "b"], ["a"])
 
 
-@pytest.mark.parametrize("batch,time,channels,taps", [(2, 40, 6, 31), (3, 7, 5, 31), (2, 30, 4, 31),
-                                                      (2, 9, 3, 1), (1, 1, 2, 2), (4, 13, 3, 4)])
-def test_depthwise_kernel_gradient_as_one_matmul_equals_per_tap_sums(batch, time, channels, taps):
-    """The 1-D conv's kernel gradient as a chunked matmul whose diagonals are the taps
-    (depthwise_conv._kernel_grad_1d): equal to each tap's window of xp times g, summed, for
-    times that fill whole chunks, part of one, or less than one, and 1-4 or 31 taps."""
-    from audiochat_jax.models.depthwise_conv import _kernel_grad_1d
-
-    rng = np.random.RandomState(taps + time)
-    xp = rng.randn(batch, time + taps - 1, channels).astype(np.float32)
-    g = rng.randn(batch, time, channels).astype(np.float32)
-    ref = np.stack([np.einsum("btc,btc->c", xp[:, o:o + time], g) for o in range(taps)])
-    got = jax.jit(_kernel_grad_1d, static_argnums=2)(xp, g, taps)
-    assert got.shape == (taps, channels) and got.dtype == jnp.float32
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-
-
 def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient_is_right():
     """The dw_striding stem's depthwise conv: same outputs as nn.Conv(feature_group_count=c),
     and on a (2,2,2) mesh the same kernel gradient as on one device (XLA's SPMD partitioner
@@ -347,8 +330,7 @@ def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient
     params = jax.tree.map(lambda a: a + 0.1, nn.unbox(dw.init(jax.random.key(1), x)))
     ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8).apply(params, x)
     np.testing.assert_allclose(dw.apply(params, x), ref, atol=1e-5)
-    # Its custom gradient (depthwise_taps): input and kernel gradients of the strided 2-D conv
-    # equal the grouped conv's on one device.
+    # Input and kernel gradients of the strided 2-D conv equal the grouped conv's on one device.
     grouped = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=8)
     sq = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
     for a, b in zip(jax.tree.leaves(jax.grad(sq(dw), (0, 1))(params, x)),

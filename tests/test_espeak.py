@@ -103,3 +103,18 @@ def test_an_outside_recogniser_hears_the_sentences():
     # Control: the same audio declared at the wrong rate (22.05 kHz samples read as 16 kHz).
     native, _ = espeak.synthesize_native(SENTENCES[0], "en-us+klatt", rate=170)
     assert hear(native / 32768.0) != SENTENCES[0]
+
+
+def test_a_process_running_jax_never_forks_itself_and_gets_the_same_samples(monkeypatch):
+    import subprocess
+    import sys
+    import jax  # noqa: F401  (this process runs JAX's threads: a fork here could deadlock)
+    want = subprocess.run([sys.executable, "-c", "import sys; from audiochat_jax.audio import espeak; "
+                           "sys.stdout.buffer.write(espeak.synthesize_native('seven plus twelve', 'en-gb+m3', "
+                           "seed=4)[0].tobytes())"], capture_output=True, check=True, timeout=120).stdout
+
+    def no_fork():
+        raise AssertionError("os.fork() called in a process that runs JAX")
+    monkeypatch.setattr(espeak.os, "fork", no_fork)
+    got, _ = espeak.synthesize_native("seven plus twelve", "en-gb+m3", seed=4)
+    assert got.tobytes() == want and len(got) > 1000

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from eval_fixtures import make_speech_llm, make_world
 from audiochat_jax.eval import perplexity
-from audiochat_jax.eval.prompting import Prompter, content_parts, response_ids
-from audiochat_jax.eval.speech_model import SpeechModel
+from audiochat_jax.inference.prompting import Prompter, content_parts, response_ids
+from audiochat_jax.inference.speech_model import SpeechModel
 from audiochat_jax.models.generate import generate
 from audiochat_jax.models.llama import Llama
 from audiochat_jax.text.chat_template import encode_dialog

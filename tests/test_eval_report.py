@@ -15,8 +15,8 @@ from audiochat_jax import evaluate
 from audiochat_jax.data.mini_world import MiniWorld
 from audiochat_jax.eval import qa, render, translation
 from audiochat_jax.eval.config import default_eval_config
-from audiochat_jax.eval.prompting import Prompter, content_parts
-from audiochat_jax.eval.speech_model import SpeechModel
+from audiochat_jax.inference.prompting import Prompter, content_parts
+from audiochat_jax.inference.speech_model import SpeechModel
 
 WORLD = dict(seed=0, n_entities=8, heldout_fraction=0.25, reply_style="restate", system_prompt="",
              n_asr_train=48, n_asr_test=8, n_lm_dialogs=400, n_eval=8)

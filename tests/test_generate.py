@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from audiochat_jax.convert.llama import convert_hf
-from audiochat_jax.model_dir import load_model_dir
+from audiochat_jax.models.model_dir import load_model_dir
 from audiochat_jax.models.generate import generate, sample_token
 from audiochat_jax.models.llama import Llama, LlamaConfig
 from llama_fixtures import make_hf_llama

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from audiochat_jax.data.input import InputConfig, SpeechInput, global_batch, load_responses
+from audiochat_jax.data.input import InputConfig, SpeechInput, Target, global_batch, load_responses
 
 N_TRAIN = 30
 WORDS = ["yes", "no", "cat", "dog", "red", "blue", "one", "two"]
@@ -224,4 +224,80 @@ def test_bad_inputs_are_named(make, data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"responses.jsonl:2: expected a JSON record"):
         load_responses(str(bad))
     bad.write_text('{"id": "utt000", "response_ids": [1, 2]}\n\n')
-    assert load_responses(str(bad)) == {"utt000": [1, 2]}
+    assert load_responses(str(bad)) == {"utt000": [Target((1, 2))]}
+    bad.write_text('{"id": "u", "response_ids": [1], "prefix_ids": [5]}\n')
+    with pytest.raises(ValueError, match="prefix_ids and suffix_ids come together"):
+        load_responses(str(bad))
+
+
+def _multi_targets():
+    """Three targets per id, each with its own prompt; the tokens encode (id, target index)."""
+    out = {}
+    for i in range(N_TRAIN):
+        out[f"utt{i:03d}"] = [Target(response=(i + 1, k + 1), prefix=(100 + k,) * (k + 1), suffix=(200 + i,),
+                                     family=("respond", "repeat", "history")[k]) for k in range(3)]
+    return out
+
+
+def test_each_example_draws_one_of_its_targets_with_its_prompt(make, data_dir):
+    table = _multi_targets()
+    it = make(_config(data_dir, max_prefix_length=4, max_suffix_length=2), tokenize, table)
+    assert it.families == ["history", "repeat", "respond"]
+    drawn, epochs = {}, set()
+    for _ in range(20):  # several epochs
+        b = next(it)
+        assert {k: v.shape for k, v in b.items() if k not in ("ids", "text")} in it.batch_shapes
+        epochs.add(it.get_state()["epoch"])
+        for r in range(4):
+            i = int(b["ids"][r][3:])
+            k = int(b["response_ids"][r, 1]) - 1
+            assert b["response_ids"][r, 0] == i + 1 and b["response_lengths"][r] == 2
+            t = table[b["ids"][r]][k]
+            assert b["prefix_lengths"][r] == len(t.prefix) and tuple(b["prefix_ids"][r, :k + 1]) == t.prefix
+            assert not b["prefix_ids"][r, k + 1:].any()
+            assert b["suffix_lengths"][r] == 1 and b["suffix_ids"][r, 0] == 200 + i
+            assert it.families[b["family"][r]] == t.family
+            drawn.setdefault(b["ids"][r], set()).add(k)
+    assert len(epochs) > 2
+    assert sum(len(v) > 1 for v in drawn.values()) > len(drawn) // 2, "epochs draw other targets"
+
+
+def test_multi_target_draws_resume_exactly(make, data_dir):
+    cfg = _config(data_dir, max_prefix_length=4, max_suffix_length=2)
+    ref = make(cfg, tokenize, _multi_targets())
+    stream = [next(ref) for _ in range(10)]
+    it = make(cfg, tokenize, _multi_targets())
+    for _ in range(6):
+        next(it)
+    resumed = make(cfg, tokenize, _multi_targets())
+    resumed.set_state(json.loads(json.dumps(it.get_state())))
+    for want in stream[6:]:
+        got = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_prompt_longer_than_its_limit_is_a_counted_drop(make, data_dir):
+    it = make(_config(data_dir, max_prefix_length=1, max_suffix_length=2, repeat=False, shuffle=False),
+              tokenize, {k: v[1:] for k, v in _multi_targets().items()})  # prefixes of 2 and 3
+    assert not [i for b in it for i in b["ids"][b["valid"]]]
+    assert it.stats["prompt_too_long"] == N_TRAIN - 1  # utt029 is too long for the buckets first
+    with pytest.raises(ValueError, match="some targets carry their prompt"):
+        make(_config(data_dir), tokenize, {"utt000": [Target((1,), (2,), (3,))], "utt001": [Target((1,))]})
+
+
+def test_family_weights_set_how_often_each_target_is_drawn(make, data_dir):
+    only = make(_config(data_dir, max_prefix_length=4, max_suffix_length=2, family_weights="repeat=1,respond=0,history=0"),
+                tokenize, _multi_targets())
+    drawn = [only.families[f] for _ in range(8) for f, ok in zip(*(lambda b: (b["family"], b["valid"]))(next(only))) if ok]
+    assert set(drawn) == {"repeat"}
+    mixed = make(_config(data_dir, max_prefix_length=4, max_suffix_length=2, family_weights="respond=6,history=0"),
+                 tokenize, _multi_targets())
+    counts = {}
+    for _ in range(60):
+        b = next(mixed)
+        for f in b["family"]:
+            counts[mixed.families[f]] = counts.get(mixed.families[f], 0) + 1
+    assert "history" not in counts and counts["respond"] > 3 * counts["repeat"] > 0  # 6:1 expected
+    with pytest.raises(ValueError, match="'repeat' is not FAMILY=WEIGHT"):
+        make(_config(data_dir, family_weights="repeat"), tokenize, _multi_targets())

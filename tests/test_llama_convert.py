@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audiochat_jax.convert.llama import ConversionError, convert_hf, convert_meta, main
-from audiochat_jax.model_dir import load_model_dir
+from audiochat_jax.models.model_dir import load_model_dir
 from audiochat_jax.models.llama import Llama, LlamaConfig, stack_layer_params
 from llama_fixtures import export_meta_checkpoint, make_hf_llama
 

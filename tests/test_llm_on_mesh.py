@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.data.llm_on_mesh import load_llm
 from audiochat_jax.models.llama import Llama, LlamaConfig, init_params, stack_layer_params
 from audiochat_jax.parallel import sharding
@@ -72,9 +72,9 @@ def test_load_llm_without_a_layout_keeps_the_saved_one(llm_dirs):
 
 
 def test_align_llm_scan_layers_setting_and_the_slice_configs_link():
-    from audiochat_jax import slices
-    from audiochat_jax.train import align
-    c = align.mini_config()
+    from audiochat_jax.train.config_files import sibling
+    from audiochat_jax.train import align, align_configs
+    c = align_configs.mini_config()
     assert align.llm_scan_layers(c.align) is None  # "": the directory's layout
     for text, want in (("true", True), ("False", False), ("1", True), ("0", False), ("", None)):
         c.align.llm_scan_layers = text
@@ -85,7 +85,7 @@ def test_align_llm_scan_layers_setting_and_the_slice_configs_link():
     # A slice config sets it from config.llm.scan_layers, so --config.llm.scan_layers=false
     # unrolls the stacked checkpoint in training too (as it does in bench/align_step.py).
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    c = slices.sibling_config(os.path.join(repo, "configs", "any.py"), "llama2_7b_chat.py", "8xh100")
+    c = sibling(os.path.join(repo, "configs", "any.py"), "llama2_7b_chat.py", "8xh100")
     assert c.llm.scan_layers and align.llm_scan_layers(c.align) is True
     c.llm.scan_layers = False
     assert align.llm_scan_layers(c.align) is False

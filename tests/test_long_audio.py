@@ -150,7 +150,8 @@ def aligned(tmp_path_factory):
 
 def test_chat_encodes_long_audio_in_windows_and_refuses_what_cannot_fit(aligned, tmp_path, capsys):
     from audiochat_jax import chat
-    from audiochat_jax.eval.speech_model import SpeechModel
+    from audiochat_jax.inference import dialog as dialog_lib
+    from audiochat_jax.inference.speech_model import SpeechModel
     wav = os.path.join(str(tmp_path), "long.wav")
     wave = _wave(25.0)
     sf.write(wav, wave, SR, subtype="FLOAT")
@@ -160,7 +161,7 @@ def test_chat_encodes_long_audio_in_windows_and_refuses_what_cannot_fit(aligned,
     err = capsys.readouterr().err
     assert "long.wav (25.0 s) gives 313 audio embeddings" in err and "raise extra_stride to 2" in err
     model = SpeechModel.load(aligned, batch_rows=1, chunk_seconds=4.0, overlap_seconds=1.0, extra_stride=2)
-    dialog = chat.Dialog(model.tokenizer)
+    dialog = dialog_lib.Dialog(model.tokenizer)
     chat.user_turn(model, dialog, wav, reserve=4)
     ref = long_audio.encode_long(model.spec.embedder(), model.variables, model.features, sf.read(wav)[0],
                                  chunk_seconds=4.0, overlap_seconds=1.0, extra_stride=2)
@@ -178,7 +179,7 @@ def world():
 
 
 def test_long_qa_items_state_the_asked_fact_once_at_the_intended_position(world):
-    from audiochat_jax.data.mini_world import ATTRIBUTES
+    from audiochat_jax.data.mini_lexicon import ATTRIBUTES
     from audiochat_jax.eval import long_audio as lq
     for counterfactual in (False, True):
         items = lq.build_items(world, 12, 5, ("early", "middle", "late"), counterfactual=counterfactual)
@@ -203,8 +204,8 @@ def test_long_qa_items_state_the_asked_fact_once_at_the_intended_position(world)
 
 def test_long_qa_records_with_silences_and_scores_three_paths(world, aligned):
     from audiochat_jax.eval import long_audio as lq
-    from audiochat_jax.eval.prompting import Prompter
-    from audiochat_jax.eval.speech_model import SpeechModel
+    from audiochat_jax.inference.prompting import Prompter
+    from audiochat_jax.inference.speech_model import SpeechModel
     items = lq.build_items(world, 2, 3, ("early", "late"))
     waves, spans = lq.record(items, {"seed": 5}, voices="seen", silence_seconds=0.25)
     for w, sp in zip(waves, spans):

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from audiochat_jax.data import mini_lexicon as lex
 from audiochat_jax.data import mini_world as mw
-from audiochat_jax.data.mini_world import (LEXICON, OPS, MiniWorld, answer_in_reply,
-                                           normalize_transcript, number_words, parse_numbers)
+from audiochat_jax.data.mini_lexicon import LEXICON, OPS, normalize_transcript, number_words, parse_numbers
+from audiochat_jax.data.mini_world import MiniWorld, answer_in_reply
 
 SMALL = dict(n_lm_dialogs=3000)
 
@@ -76,7 +77,7 @@ def test_heldout_questions_never_appear_in_speech_training_text(world):
         nums = parse_numbers(words)
         for (s1, e1, a), (s2, e2, b) in zip(nums, nums[1:]):
             if s2 == e1 + 1 and words[e1] in OPS:
-                found.add(mw._arith_key(a, words[e1], b))
+                found.add(lex.arith_key(a, words[e1], b))
     assert len(found) > 300  # the scan does see the training arithmetic
     assert not found & world.heldout_arith
     # ... while the LM is asked them (it knows its sums, as Llama-2 does): many held-out
@@ -86,7 +87,7 @@ def test_heldout_questions_never_appear_in_speech_training_text(world):
         if d.task == "arithmetic":
             words = d.messages[0]["content"].split()
             (s1, e1, a), (s2, e2, b) = parse_numbers(words)[:2]
-            asked.add(mw._arith_key(a, words[e1], b))
+            asked.add(lex.arith_key(a, words[e1], b))
     assert len(asked & world.heldout_arith) > 0.3 * len(world.heldout_arith)
     # Every eval item's utterance is unheard by the speech system (and held-out facts by the LM).
     for q in world.qa_items("heldout"):
@@ -112,7 +113,7 @@ def test_sentences_are_many_distinct_normalised_transcripts(world):
     kinds = {"question": 0, "statement": 0, "command": 0}
     for s in train + world.asr_sentences("test") + world.eval_sentences() + _train_user_texts(world):
         assert normalize_transcript(s) == s, s
-        assert set(s) <= set(mw.TRANSCRIPT_ALPHABET)
+        assert set(s) <= set(lex.TRANSCRIPT_ALPHABET)
     for s in train:
         kinds["command" if s.startswith("please") else
               "question" if s.split()[0] in ("what", "where", "which", "why", "how", "in", "can")
@@ -161,7 +162,7 @@ def test_answers_agree_with_arithmetic_and_the_entity_table(world, short_world):
             said, reply = d.messages[0]["content"], d.messages[1]["content"]
             person = next(e for e in world.entities if said.startswith(e.name))
             true = any(said == f.format(n=person.name, v=person.facts[a])
-                       for a in mw.ATTRIBUTES for f in mw.ATTRIBUTES[a][3])
+                       for a in lex.ATTRIBUTES for f in lex.ATTRIBUTES[a][3])
             assert reply.startswith("yes," if true else "no,"), (said, reply)
 
 
@@ -192,7 +193,7 @@ def test_lexicon_covers_every_translation_template_word(world):
               "the bird is big": "l'oiseau est grand", "the box is green": "la boîte est verte",
               "i see the small cup": "je vois la petite tasse"}
     for en, fr in expect.items():
-        assert mw._translation_template(*_parse_template(en)) == (en, fr)
+        assert lex.translation_template(*_parse_template(en)) == (en, fr)
     assert all(t.fr == f[t.en] for t in world.translation_items())
 
 
@@ -202,11 +203,11 @@ def _parse_template(en):
         return "see", ((w[3] if len(w) == 5 else None), w[-1])
     if w[-2] == "is":
         return "is_adj", (w[1], w[-1])
-    prep = next(p for p in mw.PREPS if f" {p} the " in en)
+    prep = next(p for p in lex.PREPS if f" {p} the " in en)
     head, place = en.split(f" {prep} the ")
     h = head.split()[1:]
-    size = h.pop(0) if h[0] in mw.SIZES else None
-    colour = h.pop(0) if h[0] in mw.COLOURS else None
+    size = h.pop(0) if h[0] in lex.SIZES else None
+    colour = h.pop(0) if h[0] in lex.COLOURS else None
     return "scene", (size, colour, h[0], h[1], prep, place)
 
 

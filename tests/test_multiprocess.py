@@ -64,13 +64,18 @@ def _batches(world, tmp_path, n=3):
     """n global batches of 8 rows from the world's train split, read by one host."""
     from align_fixtures import align_config
     from audiochat_jax.data.input import InputConfig, SpeechInput
+    from audiochat_jax.train.align import _load_response_tables, select_targets
+    from audiochat_jax.text.chat_template import audio_prompt_parts
     config = align_config(world)
     a = config.align
+    # The align task's own targets: each with the default prompt around the content.
+    targets, _ = select_targets(_load_response_tables(a.responses), *audio_prompt_parts(world["tok"]))
     # The toy train split has 4 utterances: a global batch is two host batches of 4.
     data = SpeechInput(InputConfig(data_dir=a.data_dir, split="train", batch_size=4, buckets=tuple(a.buckets),
                                    max_label_length=a.max_label_length, max_response_length=a.max_response_length,
+                                   max_prefix_length=a.max_prefix_length, max_suffix_length=a.max_suffix_length,
                                    shuffle=True, shuffle_buffer=16, seed=0, repeat=True),
-                       tokenize=world["tok"].encode, responses={k: v for k, v in world["targets"].items()},
+                       tokenize=world["tok"].encode, responses=targets,
                        process_index=0, process_count=1)
     paths = []
     for i in range(n):

@@ -111,7 +111,7 @@ def _expected(world):
 
 
 def test_responses_equal_unbatched_generate_and_transformers(world, full_run):
-    from audiochat_jax.model_dir import load_model_dir
+    from audiochat_jax.models.model_dir import load_model_dir
     from audiochat_jax.models.generate import generate
     from audiochat_jax.models.llama import LlamaConfig
     out, _ = full_run
@@ -260,13 +260,18 @@ def test_output_joins_in_the_input_pipeline(world, full_run):
     it = SpeechInput(InputConfig(data_dir=world["data"], split="train", batch_size=4, buckets=(800,),
                                  max_response_length=MAX_NEW, shuffle=False, repeat=False),
                      responses=table)
-    seen = {}
+    seen, prompts = {}, set()
     for batch in it:
-        for uid, ids, n, ok in zip(batch["ids"], batch["response_ids"], batch["response_lengths"],
-                                   batch["valid"]):
-            if ok:
-                seen[uid] = ids[:n].tolist()
-    assert seen == table and len(seen) == 14
+        for r, uid in enumerate(batch["ids"]):
+            if batch["valid"][r]:
+                seen[uid] = batch["response_ids"][r, :batch["response_lengths"][r]].tolist()
+                prompts.add((tuple(batch["prefix_ids"][r, :batch["prefix_lengths"][r]]),
+                             tuple(batch["suffix_ids"][r, :batch["suffix_lengths"][r]])))
+    assert seen == {k: list(v[0].response) for k, v in table.items()} and len(seen) == 14
+    assert all(len(v) == 1 and v[0].family == "respond" for v in table.values())
+    # one instruction ("{content}"): every row has its prompt, the audio path's parts
+    p = json.loads((out / R.PROVENANCE_FILE).read_text())["prompt"]
+    assert prompts == {(tuple(p["audio_prefix_ids"]), tuple(p["audio_suffix_ids"]))}
     # the two skipped ids that are not duplicates have no response: dropped, counted
     assert it.stats["no_response"] == 2
 
@@ -295,3 +300,81 @@ def test_config_file_and_cli(world, full_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout) == summary
     assert len(json.loads((out / R.PROVENANCE_FILE).read_text())["runs"]) == 2
+
+
+POOL = [
+    {"family": "respond", "template": "{content}"},
+    {"family": "repeat", "template": "repeat: {content}"},
+    {"family": "repeat", "template": "say again: {content} please"},
+    {"family": "history", "template": "{content}",
+     "history": [{"role": "user", "content": "red"}, {"role": "assistant", "content": "blue"}]},
+    {"family": "translate", "template": "translate to french: {content}"},
+]
+
+
+@pytest.fixture(scope="module")
+def pool_run(world):
+    pool = world["root"] / "pool.jsonl"
+    pool.write_text("".join(json.dumps(p) + "\n" for p in POOL))
+    out = world["root"] / "pool_run"
+    config = _config(world, out, instructions=str(pool), heldout_families="translate", per_utterance=2,
+                     max_prompt_length=110, length_multiple=110, system="be brief")
+    return config, R.run(config, progress=False)
+
+
+def test_stored_responses_carry_their_instruction_and_the_prompt_around_the_content(world, pool_run):
+    from audiochat_jax.text.instructions import Instruction
+    config, summary = pool_run
+    tok = world["tok"]
+    recs = _records(os.path.join(config.out_dir, R.RESPONSES_FILE))
+    good, _ = _expected(world)
+    texts = dict(good)
+    assert summary["responses"] == len(recs) == 2 * len(good)  # two families per utterance
+    assert set(summary["responses_by_family"]) == {"respond", "repeat", "history"}
+    for r in recs:
+        instr = Instruction.from_dict(r["instruction"])
+        assert instr.family == r["family"] != "translate"
+        # The text prompt the LLM answered, token for token: prefix + the transcript's own
+        # tokens + suffix, the prefix and suffix being exactly what the audio prompt uses.
+        ids = encode_dialog(tok, instr.messages(texts[r["id"]]), system="be brief").ids
+        s, e = len(r["prefix_ids"]), len(ids) - len(r["suffix_ids"])
+        assert ids[:s] == r["prefix_ids"] and ids[e:] == r["suffix_ids"]
+        assert tok.decode(ids[s:e]).strip() == texts[r["id"]]
+        assert r["prompt_length"] == len(ids)
+        if instr.history:
+            assert tok.decode(r["prefix_ids"]).count("[INST]") == 2
+    # the answers are the LLM's greedy answers to those prompts (transformers, one at a time)
+    for r in recs[:6]:
+        prompt = encode_dialog(tok, Instruction.from_dict(r["instruction"]).messages(texts[r["id"]]),
+                               system="be brief").ids
+        hf_out = world["hf"].generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
+                                      max_new_tokens=MAX_NEW, do_sample=False,
+                                      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        assert r["response_ids"] == hf_out[0, len(prompt):].tolist()
+    with open(os.path.join(config.out_dir, R.PROVENANCE_FILE)) as f:
+        p = json.load(f)
+    assert p["prompt"]["families"] == ["respond", "repeat", "history"]
+    assert p["prompt"]["heldout_families"] == ["translate"] and p["prompt"]["per_utterance"] == 2
+
+
+def test_instruction_draws_are_seeded_by_utterance(world, pool_run):
+    from audiochat_jax.text import instructions as I
+    pool = [I.Instruction.from_dict(p) for p in POOL]
+    a = I.draw(pool, "utt01", 2, seed=0)
+    assert a == I.draw(pool, "utt01", 2, seed=0) and len({i.family for i in a}) == 2
+    assert len({tuple(i.family for i in I.draw(pool, f"u{k}", 2)) for k in range(40)}) > 3
+    assert [i.family for i in I.draw(pool, "x", 0)] == ["respond", "repeat", "history", "translate"]
+    with pytest.raises(ValueError, match="both used and held out"):
+        I.select(pool, ["repeat"], ["repeat"])
+    with pytest.raises(ValueError, match=r"\['sing'\] are not in the pool"):
+        I.select(pool, ["sing"])
+    with pytest.raises(ValueError, match="once"):
+        I.Instruction("x", "{content} and {content}")
+    with pytest.raises(ValueError, match="whole user/assistant exchanges"):
+        I.Instruction("x", history=({"role": "user", "content": "hi"},))
+    bad = world["root"] / "bad_pool.jsonl"
+    bad.write_text('{"family": "a"}\n{"template": "x {content}"}\n')
+    with pytest.raises(ValueError, match="bad_pool.jsonl:2: not an instruction"):
+        I.read_pool(str(bad))
+    with pytest.raises(ValueError, match="either an instruction pool"):
+        _config(world, world["root"] / "x", instructions=str(bad), instruction="say: {content}")

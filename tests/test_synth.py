@@ -56,7 +56,7 @@ def test_bad_inputs_are_named(tmp_path):
         synth.plan([{"text": "x", "id": "a"}, {"text": "y", "id": "a"}], synth.SynthConfig())
     with pytest.raises(Exception, match="unknown espeak-ng variant 'f77'"):
         synth.plan(["x"], synth.SynthConfig(variants=("f77",)))
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="unknown field"):
         synth.SynthConfig.from_dict({"seeed": 1})
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.data.mini_world import MiniWorld
 from audiochat_jax.models.llama import Llama, LlamaConfig
 from audiochat_jax.text.tokenizer import Tokenizer, train_sentencepiece

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import math
+import re
 import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.parallel import sharding
-from audiochat_jax.train import loop, metrics, optimizer, profile, tasks, toy
+from audiochat_jax.train import loop, metrics, optimizer, tasks, toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,11 +59,6 @@ def test_missing_required_fields_fail_naming_them(tmp_path):
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="config.task='nope'.*'toy'"):
         tasks.get_task("nope")
-
-
-def test_unknown_nonfinite_skip_is_named():
-    with pytest.raises(ValueError, match="config.nonfinite_skip='where'.*'cond'.*'select'"):
-        loop.make_train_step(lambda *a: None, None, None, nonfinite_skip="where")
 
 
 def test_loss_falls_checkpoints_and_exports(tmp_path):
@@ -161,30 +158,52 @@ def test_sharded_step_equals_single_device_step():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 
+def copied_donated_arrays(hlo_text: str) -> list[tuple[str, str]]:
+    """``[(parameter, shape), ...]``: the donated inputs (aliased to an output in the compiled
+    module's ``input_output_alias``) that the entry computation copies: the input is copied
+    before its buffer is reused, or a ``copy`` lands in the root tuple at the aliased output."""
+    header = hlo_text.split("\n", 1)[0]
+    param_of_output = {int(o): int(p) for o, p in re.findall(r"\{(\d+)\}:\s*\((\d+),", header)}
+    donated = set(param_of_output.values())
+    entry = hlo_text[hlo_text.find("\nENTRY"):]
+    params = {m.group(1): (int(m.group(3)), m.group(2)) for m in
+              re.finditer(r"^\s*%([\w.\-]+) = (\S+) parameter\((\d+)\)", entry, re.M)}
+    by_number = {number: (name, shape) for name, (number, shape) in params.items()}
+    copy_of = {m.group(1): m.group(2) for m in
+               re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ copy\(%([\w.\-]+)\)", entry, re.M)}
+    copied = {}
+    for operand in copy_of.values():
+        if operand in params and params[operand][0] in donated:
+            copied[operand] = params[operand][1]
+    root = re.search(r"^\s*ROOT %[\w.\-]+ = .* tuple\(([^)]*)\)", entry, re.M)
+    outputs = re.findall(r"%([\w.\-]+)", root.group(1)) if root else []
+    for index, name in enumerate(outputs):
+        if name in copy_of and index in param_of_output:
+            copied.setdefault(*by_number[param_of_output[index]])
+    return sorted(copied.items())
+
+
 @pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 2, 2)])
 def test_step_updates_the_donated_state_in_place(mesh_shape):
     # XLA copies a donated input whose old value may still be read after the write that reuses
-    # its buffer (or writes the new value elsewhere and copies it in). The default step runs
-    # the update in a conditional and copies nothing, on one device or sharded; the "select"
-    # form (new or old per array) copies the Adam moments. Up to stop 20 the step also logged
-    # the updates' norm, which made XLA copy the weight-decayed params too.
+    # its buffer (or writes the new value elsewhere and copies it in): the step would read and
+    # write its whole state twice. The step's skip of a non-finite update is a conditional,
+    # which copies nothing, on one device or sharded.
     config = small_config()
     mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
     task = toy.toy_task(config, mesh)
     tx, schedule = optimizer.make_optimizer(config)
     state, _, shardings = loop.init_train_state(task, tx, mesh, config.seed)
     batch = tasks.device_batch(next(task.train_data()), mesh)
-
-    def copied_arrays(nonfinite_skip):
-        step = loop.jit_train_step(task, tx, schedule, shardings, mesh, nonfinite_skip=nonfinite_skip)
-        with jax.set_mesh(mesh), sharding.axis_rules():
-            hlo = step.lower(state, None, batch).compile().as_text()
-        # Scalars (the step count) cost nothing.
-        return [name for name, shape in profile.copied_donated_arrays(hlo) if "[]" not in shape]
-
-    assert config.nonfinite_skip == "cond" and copied_arrays("cond") == []
-    # (mu and nu of the 3 parameters on this XLA: 6)
-    assert len(copied_arrays("select")) >= len(jax.tree.leaves(state.params))
+    step = loop.jit_train_step(task, tx, schedule, shardings, mesh)
+    with jax.set_mesh(mesh), sharding.axis_rules():
+        hlo = step.lower(state, None, batch).compile().as_text()
+    # Scalars (the step count) cost nothing.
+    assert [name for name, shape in copied_donated_arrays(hlo) if "[]" not in shape] == []
+    # The check sees a copy where one must happen: the old value returned beside the new one.
+    x = jnp.ones((64, 64))
+    hlo = jax.jit(lambda a: (a + 1, a), donate_argnums=0).lower(x).compile().as_text()
+    assert copied_donated_arrays(hlo)
 
 
 def test_gradient_accumulation_equals_full_batch():
@@ -239,11 +258,9 @@ def _register_nan_task(name, bad):
         return task
 
 
-@pytest.mark.parametrize("nonfinite_skip", ["cond", "select"])
-def test_nonfinite_step_is_skipped_and_counted(tmp_path, nonfinite_skip):
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
     _register_nan_task("toy_nan_once", bad=[4])  # the batch of step 5
-    config = small_config("--config.task=toy_nan_once", "--config.total_steps=12",
-                          f"--config.nonfinite_skip={nonfinite_skip}")
+    config = small_config("--config.task=toy_nan_once", "--config.total_steps=12")
     loop.train(config, str(tmp_path))
     tb = str(tmp_path / "tensorboard")
     skipped = metrics.read_scalars(tb, "train/nonfinite")

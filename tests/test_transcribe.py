@@ -1,5 +1,5 @@
 """The transcribe CLI on a converted tiny random Parakeet: batching, per-file errors, --json,
-and --dump-logits equal to a direct single-file forward (the transcript itself is noise)."""
+and --dump_logits equal to a direct single-file forward (the transcript itself is noise)."""
 import json
 import subprocess
 import sys
@@ -54,8 +54,8 @@ def _direct_log_probs(model_dir, path):
 def test_json_output_keeps_order_and_names_each_bad_file(setup, capsys):
     tmp, paths = setup
     dump = str(tmp / "logits.npz")
-    rc = transcribe.main(["--ckpt", str(tmp / "model"), "--json", "--batch-size", "2",
-                          "--dump-logits", dump, *paths])
+    rc = transcribe.main(["--ckpt", str(tmp / "model"), "--json", "--batch_size", "2",
+                          "--dump_logits", dump, *paths])
     out, err = capsys.readouterr()
     assert rc == 1
     results = json.loads(out)
@@ -105,4 +105,4 @@ def test_model_dir_errors_are_reported_not_raised(tmp_path, capsys):
 def test_module_help_runs():
     out = subprocess.run([sys.executable, "-m", "audiochat_jax.transcribe", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "--dump-logits" in out and "--ckpt" in out
+    assert "--dump_logits" in out and "--ckpt" in out

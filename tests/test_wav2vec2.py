@@ -8,7 +8,7 @@ valid frames only (frames past an utterance's length are padding in both models)
 Padding and the GroupNorm variant: HF's first-layer GroupNorm takes statistics over the
 padding too (HF documents that wav2vec2-base must be run unpadded, without attention_mask).
 Our default masks those statistics, so the honest reference for a padded batch is HF run on
-each utterance alone; the ``--group-norm-stats-over-padding`` conversion reproduces HF's
+each utterance alone; the ``--group_norm_stats_over_padding`` conversion reproduces HF's
 padded batch (with attention_mask) instead. Both are tested.
 """
 import dataclasses
@@ -170,7 +170,7 @@ def test_group_norm_wav2vec2_padded_batch_matches_hf_on_each_unpadded_utterance(
 
 
 def test_group_norm_stats_over_padding_flag_matches_hf_padded_batch(converted):
-    model, config, variables, _ = converted("base", "--group-norm-stats-over-padding")
+    model, config, variables, _ = converted("base", "--group_norm_stats_over_padding")
     assert not config.group_norm_masked
     _compare_padded_batch(model, config, variables, do_norm=True)
     # ...and that HF's padded batch really differs from the per-utterance result, i.e. the two
@@ -259,7 +259,7 @@ def test_conversion_errors_name_file_and_fix(tmp_path):
     run = lambda *a: convert_cli.main(["wav2vec2", "--src", str(src), "--out", str(tmp_path / "o"), *a])
     with pytest.raises(SystemExit):
         run("--bogus")
-    assert run() == 1  # no preprocessor_config.json and --do-normalize auto
+    assert run() == 1  # no preprocessor_config.json and --do_normalize auto
     # A config that does not describe the weights: a named missing tensor.
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from align_fixtures import ENCODER, align_config, make_world
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.data.input import InputConfig, SpeechInput
 from audiochat_jax.models import conformer, speech_llm, wav2vec2
@@ -121,9 +121,9 @@ def test_ctc_task_trains_wav2vec2_on_waveforms_and_exports_a_wav2vec2_dir(world,
 
 
 def test_transcribe_reads_a_wav2vec2_ctc_dir_on_waveforms(world, ctc_run):
-    """The cascade's ASR (transcribe.Transcriber, used by evaluate) on a wav2vec2 export: its
+    """The cascade's ASR (inference.transcriber.Transcriber, used by evaluate) on a wav2vec2 export: its
     padded, batched log-probs equal Wav2Vec2CTC on each waveform alone."""
-    from audiochat_jax.transcribe import Transcriber
+    from audiochat_jax.inference.transcriber import Transcriber
     out = os.path.join(ctc_run[1], "model")
     cfg, variables, _ = wav2vec2.load(out)
     rng = np.random.default_rng(0)
@@ -163,7 +163,7 @@ def test_log_mel_spec_augment_on_a_waveform_encoder_is_named(world):
 
 
 def test_align_trains_wav2vec2_top_layer_and_export_reloads_through_eval(world, ctc_run, tmp_path):
-    from audiochat_jax.eval.speech_model import SpeechModel
+    from audiochat_jax.inference.speech_model import SpeechModel
 
     enc_dir = os.path.join(ctc_run[1], "model")
     config = align_config({**world, "encoder": enc_dir}, f"--config.total_steps={ALIGN_STEPS}",

@@ -5,8 +5,8 @@ step on device and a resumed run draws the same masks/noise (the key comes from
 ``fold_in(rng, step)``).
 
 Why noise matters here: espeak-ng speech has *digital* silence (exact zeros) between words,
-so a model trained only on it has never seen a noise floor; in the mini-world probes a
-clean-trained conformer's CER went from <2% to ~70% at 10 dB white noise. ``add_noise`` is
+so a model trained only on it has never seen a noise floor: in the mini world a
+clean-trained conformer's CER goes from <2% to ~70% at 10 dB white noise. ``add_noise`` is
 both the augmentation (random per-example SNR via ``sample_snr_db``) and the robustness
 sweep (a fixed SNR for an eval split).
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from audiochat_jax.util.config_fields import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class SpecAugmentConfig:
+class SpecAugmentConfig(DictConfig):
     """SpecAugment (Park et al. 2019) as NeMo applies it; defaults are FastConformer/Parakeet's.
 
     ``time_width`` < 1 is a fraction of each utterance's valid frames (adaptive masks, so
@@ -39,16 +39,6 @@ class SpecAugmentConfig:
         if min(self.freq_masks, self.freq_width, self.time_masks) < 0 or self.time_width < 0:
             raise ValueError(f"SpecAugmentConfig: counts and widths must be >= 0, got {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SpecAugmentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SpecAugmentConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _band_mask(rng, batch: int, n_masks: int, max_width, limit, size: int) -> jax.Array:

@@ -16,18 +16,25 @@ gave different samples, even different lengths, on consecutive calls in one proc
 POSIX each utterance is rendered in a ``fork`` of the initialised-but-unused engine, seeded
 with ``espeak_ng_SetRandSeed(seed)``: the output is then a pure function of (text, voice,
 parameters, seed), whatever was synthesised before and in whichever worker. A fork costs
-~1-3 ms against ~10 ms of synthesis per second of speech. Without ``os.fork`` (Windows) we
-synthesise in-process and the output depends on call order.
+~1-3 ms against ~10 ms of synthesis per second of speech. A process that has imported JAX
+runs JAX's threads, which a forked child must not inherit (a fork there can deadlock): it
+sends each utterance to one helper subprocess instead (a fresh interpreter, no JAX), which
+forks for it. Without ``os.fork`` (Windows) we synthesise in-process and the output depends
+on call order.
 
 The library is one global engine per process and is not thread-safe: calls take a lock, and
 parallel synthesis uses processes (see ``audiochat_jax/data/synth.py``).
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
+import pickle
 import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -139,6 +146,11 @@ class _Engine:
 
     def synth(self, text: str, voice: str, params: dict[str, int], seed: int) -> np.ndarray:
         """int16 [samples]; in a forked child where possible (see the module docstring)."""
+        if hasattr(os, "fork") and "jax" in sys.modules:
+            return _helper().synth(text, voice, params, seed)
+        return self.synth_in_fork(text, voice, params, seed)
+
+    def synth_in_fork(self, text: str, voice: str, params: dict[str, int], seed: int) -> np.ndarray:
         with self.lock:
             if not hasattr(os, "fork"):
                 return self._synth(text, voice, params, seed)
@@ -188,6 +200,76 @@ class _Engine:
 @functools.lru_cache(maxsize=None)
 def _engine() -> _Engine:
     return _Engine()
+
+
+def _send(stream, obj) -> None:
+    data = pickle.dumps(obj)
+    stream.write(struct.pack("<q", len(data)) + data)
+    stream.flush()
+
+
+def _recv(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the other side closed the pipe")
+    (n,) = struct.unpack("<q", head)
+    return pickle.loads(stream.read(n))
+
+
+def serve_stdio() -> None:
+    """The helper process's loop: requests on stdin, samples on stdout, each utterance
+    rendered in a fork of this (JAX-free) process's engine."""
+    engine, inp, out = _engine(), sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            request = _recv(inp)
+        except EOFError:
+            return
+        try:
+            _send(out, (0, engine.synth_in_fork(*request)))
+        except Exception as e:  # noqa: BLE001 - forwarded to the caller
+            _send(out, (1, f"{type(e).__name__}: {e}"))
+
+
+class _Helper:
+    """A plain subprocess (``python -c``: no re-import of the caller's ``__main__``, as a
+    multiprocessing spawn would) that synthesises for a process running JAX."""
+
+    def __init__(self):
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from audiochat_jax.audio import espeak; espeak.serve_stdio()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.lock = threading.Lock()
+        atexit.register(self.close)
+
+    def synth(self, text, voice, params, seed) -> np.ndarray:
+        with self.lock:
+            try:
+                _send(self.process.stdin, (text, voice, dict(params), seed))
+                status, payload = _recv(self.process.stdout)
+            except (EOFError, OSError) as e:
+                raise EspeakError(f"the espeak-ng helper process (pid {self.process.pid}) died while speaking "
+                                  f"{text[:60]!r}; exit status {self.process.poll()}") from e
+        if status:
+            raise EspeakError(payload)
+        return payload
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@functools.lru_cache(maxsize=None)
+def _helper() -> _Helper:
+    return _Helper()
 
 
 def version() -> str:

@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from audiochat_jax.util.config_fields import DictConfig
 
-from audiochat_jax.lengths import floor_div
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(DictConfig):
     """Log-mel settings; the defaults are Parakeet's (HF ``ParakeetFeatureExtractor()``)."""
     sample_rate: int = 16000
     n_mels: int = 80
@@ -78,21 +78,11 @@ class FeatureConfig:
     def hop_length(self) -> int:
         return int(round(self.sample_rate * self.hop_ms / 1000.0))
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"FeatureConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def num_frames(n_samples, config: FeatureConfig = FeatureConfig()):
     """Valid feature frames of an utterance of ``n_samples`` (int or integer array)."""
-    return floor_div(n_samples + 2 * (config.n_fft // 2) - config.n_fft, config.hop_length)
+    return (n_samples + 2 * (config.n_fft // 2) - config.n_fft) // config.hop_length
 
 
 @functools.lru_cache(maxsize=16)

@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     parser.add_argument("--src", required=True, help="HF directory (config.json + *.safetensors) or .nemo file")
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--vocab", help="vocabulary override: sentencepiece .model or JSON token list (blank excluded)")
-    parser.add_argument("--scan_layers", "--scan-layers", action="store_true",
+    parser.add_argument("--scan_layers", action="store_true",
                         help="run the blocks as one scanned block (compiles ~3x faster at 16 blocks; same "
                              "parameters and outputs; set scan_layers in config.json to change it later)")
     args = parser.parse_args(argv)

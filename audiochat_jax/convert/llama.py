@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax.model_dir import save_model_dir
-from audiochat_jax.models.llama import DTYPES, LlamaConfig
+from audiochat_jax.models.model_dir import save_model_dir
+from audiochat_jax.models.llama import COMPUTE_DTYPES, DTYPES, LlamaConfig
 
 
 class ConversionError(ValueError):
@@ -263,7 +263,7 @@ def _hf_files(src: str) -> list[str]:
                           "(.bin checkpoints: re-save with save_pretrained(safe_serialization=True))")
 
 
-def convert_hf(src: str, *, param_dtype="bfloat16", dtype="bfloat16", scan_layers=False):
+def convert_hf(src: str, *, param_dtype="bfloat16", dtype="auto", scan_layers=False):
     """Reads an HF checkpoint directory -> ``(LlamaConfig, params)`` (numpy arrays)."""
     from safetensors import safe_open
     cfg_path = os.path.join(src, "config.json")
@@ -297,7 +297,7 @@ def _torch_to_numpy(t):
     return t.numpy()
 
 
-def convert_meta(src: str, *, param_dtype="bfloat16", dtype="bfloat16", scan_layers=False):
+def convert_meta(src: str, *, param_dtype="bfloat16", dtype="auto", scan_layers=False):
     """Reads a Meta checkpoint directory -> ``(LlamaConfig, params)`` (numpy arrays)."""
     try:
         import torch
@@ -338,7 +338,7 @@ def convert_meta(src: str, *, param_dtype="bfloat16", dtype="bfloat16", scan_lay
     return writer.cfg, writer.params
 
 
-def convert(src: str, out: str, *, param_dtype="bfloat16", dtype="bfloat16", scan_layers=False):
+def convert(src: str, out: str, *, param_dtype="bfloat16", dtype="auto", scan_layers=False):
     """Detects the source format, converts, writes the model directory; returns the config."""
     if not os.path.isdir(src):
         raise ConversionError(f"--src {src!r} is not a directory")
@@ -363,11 +363,12 @@ def main(argv=None) -> int:
                     "(config.json + orbax params) for audiochat_jax.")
     p.add_argument("--src", required=True, help="checkpoint directory (HF or Meta layout)")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--param_dtype", "--param-dtype", default="bfloat16", choices=sorted(DTYPES),
+    p.add_argument("--param_dtype", default="bfloat16", choices=sorted(DTYPES),
                    help="storage dtype of the converted params (Llama-2 ships bfloat16)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES),
-                   help="compute dtype recorded in the config")
-    p.add_argument("--scan_layers", "--scan-layers", action="store_true",
+    p.add_argument("--dtype", default="auto", choices=sorted(COMPUTE_DTYPES),
+                   help="compute dtype recorded in the config (auto: bfloat16 on accelerators and on CPUs "
+                        "with native bf16 dots, else float32; models/llama.py auto_compute_dtype)")
+    p.add_argument("--scan_layers", action="store_true",
                    help="store layers stacked for scan-over-layers (fast compile at 70B)")
     args = p.parse_args(argv)
     try:

@@ -227,7 +227,7 @@ def convert_hf(src: str, *, head: str = "auto", do_normalize: str = "auto", dtyp
         pre = os.path.join(src, "preprocessor_config.json")
         if not os.path.isfile(pre):
             raise ConversionError(f"{src}: no preprocessor_config.json to read do_normalize from; pass "
-                                  f"--do-normalize true (wav2vec2 / most HuBERT checkpoints) or false")
+                                  f"--do_normalize true (wav2vec2 / most HuBERT checkpoints) or false")
         norm = bool(_read_json(pre).get("do_normalize", True))
     else:
         norm = do_normalize == "true"
@@ -259,11 +259,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--head", choices=("auto", "none", "ctc"), default="auto",
                    help="keep the CTC lm_head (auto: when the checkpoint has one)")
-    p.add_argument("--do-normalize", choices=("auto", "true", "false"), default="auto",
+    p.add_argument("--do_normalize", choices=("auto", "true", "false"), default="auto",
                    help="per-utterance waveform normalisation (auto: from preprocessor_config.json)")
     p.add_argument("--dtype", default="float32", help="compute dtype stored in the config (e.g. bfloat16)")
-    p.add_argument("--param-dtype", default="float32", help="dtype of the saved parameters")
-    p.add_argument("--group-norm-stats-over-padding", action="store_true",
+    p.add_argument("--param_dtype", default="float32", help="dtype of the saved parameters")
+    p.add_argument("--group_norm_stats_over_padding", action="store_true",
                    help="reproduce HF's padded-batch GroupNorm statistics instead of per-utterance ones")
     args = p.parse_args(argv)
     try:

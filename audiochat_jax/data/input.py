@@ -11,7 +11,8 @@ Per host, per epoch, in order (each step is tf.data / TFDS, TF kept on the CPU a
    (``jax.process_index/count``), read with file shuffling seeded by (seed, epoch, host).
 2. Per example (parallel map): audio int16 -> float32 / 32768, the transcript tokenised with
    the supplied ``tokenize(text) -> list[int]`` (CTC char vocab or the LLM tokenizer), and
-   optionally the precomputed response joined by id (``responses``: id -> token ids).
+   optionally a precomputed response joined by id (``responses``: id -> token ids, or id ->
+   [Target] with the prompt each was answered in).
 3. Checks: an example longer than the largest bucket, with a label or response longer than
    its maximum, with an empty label, or with no response when responses are joined is
    dropped — counted per reason in ``it.stats`` and logged with its id, never silently.
@@ -25,7 +26,11 @@ Per host, per epoch, in order (each step is tf.data / TFDS, TF kept on the CPU a
 Batch keys: "audio" float32 [b, bucket] (or "features" float32 [b, bucket // hop, n_mels]
 with ``feature_config``), "audio_lengths" (or "feature_lengths") int32 [b], "labels" int32
 [b, max_label_length] + "label_lengths" [b] (with ``tokenize``), "response_ids" int32
-[b, max_response_length] + "response_lengths" [b] (with ``responses``), "ids" and "text"
+[b, max_response_length] + "response_lengths" [b] + "family" int32 [b] (index into
+``it.families``) with ``responses``; when the targets carry their prompts (data/responses.py
+with an instruction pool), also "prefix_ids" [b, max_prefix_length] + "prefix_lengths" and
+"suffix_ids" [b, max_suffix_length] + "suffix_lengths". An utterance with several targets
+(one per instruction) gets one of them per epoch, drawn from (seed, epoch, id). "ids" and "text"
 (str [b]), "valid" bool [b] — False only for the padding rows that fill the last partial
 batches of a non-repeating (eval) pass; a training stream drops the partial batches at each
 epoch's end (different examples every epoch, counted as ``stats["epoch_remainder"]``).
@@ -38,15 +43,13 @@ seeded from (seed, epoch, host) and tf.data runs deterministically — and skips
 consumed (milliseconds for the mini world; for LibriSpeech-960 at most one epoch of reads).
 A state from a different fingerprint is refused with a message naming the changed field.
 
-Features: on device, by measurement. Per 10 ms, log-mel is 80 float32 = 320 B and the audio
-160 float32 samples = 640 B: computing features in the pipeline would halve a host->device
-copy that is already small (32 x 4 s = 8 MB a batch), at a large host-CPU cost. bench/input.py on this 2-core CPU (heavily shared,
-load ~12, 2026-11; batch 32, buckets 2 s / 4 s): the pipeline gives 127 examples/s with raw
-audio but only 46 examples/s with log-mel computed on the host, while ``log_mel`` inside the
-step costs 99 / 374 ms of a 10.2 / 21.5 s stand-in conformer-CTC step (1.0% / 1.7%). So the
-default yields audio and the step computes features (where SpecAugment also runs);
-``feature_config`` stays for consumers without a device step (e.g. offline feature dumps).
-Pipeline vs that stand-in consumer: 73x (target >= 5x).
+Features: on device. Per 10 ms, log-mel is 80 float32 = 320 B and the audio 160 float32
+samples = 640 B: computing features in the pipeline would halve a host->device copy that is
+already small (32 x 4 s = 8 MB a batch), at a large host-CPU cost (bench/input.py: on 2 cores
+the pipeline yields about 2.7x more examples/s with raw audio than with host log-mel, while
+``log_mel`` is 1-2% of a conformer-CTC step). So the default yields audio and the step
+computes features (where SpecAugment also runs); ``feature_config`` stays for consumers
+without a device step (e.g. offline feature dumps).
 """
 from __future__ import annotations
 
@@ -56,13 +59,14 @@ import dataclasses
 import json
 import os
 import weakref
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
+from audiochat_jax.util.config_fields import DictConfig
 
 STATE_VERSION = 1
 
@@ -78,7 +82,7 @@ def _close_all() -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class InputConfig:
+class InputConfig(DictConfig):
     """What the pipeline reads and the shapes it yields (all plain JSON-able fields)."""
     data_dir: str  # a prepared TFDS dataset directory, e.g. WORK/speech/mini_speech/1.0.0
     split: str = "train"
@@ -86,6 +90,11 @@ class InputConfig:
     buckets: tuple[int, ...] = (64000, 128000, 256000)  # padded audio lengths, samples at 16 kHz
     max_label_length: int = 256
     max_response_length: int = 64
+    max_prefix_length: int = 128  # prompt tokens before / after the content (targets with prompts)
+    max_suffix_length: int = 32
+    # "family=weight,..." : how often an utterance's target of each family is drawn when it
+    # has several (unlisted families weigh 1; "" = all equal)
+    family_weights: str = ""
     shuffle: bool = True
     shuffle_buffer: int = 2048
     seed: int = 0
@@ -99,35 +108,63 @@ class InputConfig:
             raise ValueError(f"InputConfig.buckets={self.buckets}: need increasing positive sample counts")
         if self.batch_size < 1:
             raise ValueError(f"InputConfig.batch_size={self.batch_size} must be >= 1")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "InputConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"InputConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["buckets"] = list(self.buckets)
-        return d
+        parse_family_weights(self.family_weights)  # a bad spec fails here, not mid-epoch
 
 
-def load_responses(path: str) -> dict[str, list[int]]:
-    """Reads a JSONL file of ``{"id": str, "response_ids": [int, ...]}`` records."""
-    table = {}
+
+class Target(NamedTuple):
+    """One alignment target of an utterance: the LLM's response to the transcript in one
+    prompt. ``prefix`` / ``suffix``: the prompt's token ids before / after the content (None:
+    the consumer's default prompt); ``family``: the instruction family (text/instructions.py)."""
+    response: tuple
+    prefix: Optional[tuple] = None
+    suffix: Optional[tuple] = None
+    family: str = "respond"
+
+
+def load_responses(path: str) -> dict[str, list[Target]]:
+    """Reads a JSONL file of ``{"id": str, "response_ids": [int, ...]}`` records, optionally
+    with ``"prefix_ids"``, ``"suffix_ids"`` and ``"family"`` (data/responses.py writes them);
+    an id may have several records (one per instruction) -> ``{id: [Target, ...]}``."""
+    table: dict[str, list[Target]] = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                table[str(rec["id"])] = [int(t) for t in rec["response_ids"]]
+                prompt = [tuple(int(t) for t in rec[k]) if k in rec else None for k in ("prefix_ids", "suffix_ids")]
+                if (prompt[0] is None) != (prompt[1] is None):
+                    raise KeyError("prefix_ids and suffix_ids come together")
+                table.setdefault(str(rec["id"]), []).append(Target(
+                    tuple(int(t) for t in rec["response_ids"]), *prompt, str(rec.get("family", "respond"))))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{n}: expected a JSON record {{\"id\": str, \"response_ids\": "
                                  f"[int, ...]}}, got {line.strip()[:80]!r} ({e})") from e
     return table
+
+
+def parse_family_weights(spec: str) -> dict[str, float]:
+    """"respond=2,repeat=1" -> {"respond": 2.0, "repeat": 1.0}; errors name the bad item."""
+    out = {}
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or weight < 0:
+            raise ValueError(f"family_weights={spec!r}: {item!r} is not FAMILY=WEIGHT with a weight >= 0")
+        out[name.strip()] = weight
+    return out
+
+
+def _targets(value) -> list[Target]:
+    """A responses-table value: a list of Targets, or (plain) one response's token ids."""
+    value = list(value)
+    if value and isinstance(value[0], Target):
+        return value
+    return [Target(tuple(int(t) for t in value))]
 
 
 def _tf():
@@ -150,7 +187,14 @@ class SpeechInput:
         import tensorflow_datasets as tfds
         self.config = config
         self._tokenize = tokenize
-        self._responses = responses
+        self._responses = None if responses is None else {k: _targets(v) for k, v in responses.items()}
+        with_prompt = {t.prefix is not None for ts in (self._responses or {}).values() for t in ts}
+        if len(with_prompt) > 1:
+            raise ValueError("responses: some targets carry their prompt (prefix_ids/suffix_ids) and some "
+                             "do not; fill the missing ones with the default prompt first")
+        self._prompts = with_prompt == {True}
+        # Families present, sorted: batch["family"] indexes this list.
+        self.families = sorted({t.family for ts in (self._responses or {}).values() for t in ts})
         self._pindex = jax.process_index() if process_index is None else process_index
         self._pcount = jax.process_count() if process_count is None else process_count
         try:
@@ -189,7 +233,10 @@ class SpeechInput:
                 shapes.update(labels=(c.batch_size, c.max_label_length), label_lengths=(c.batch_size,))
             if self._responses is not None:
                 shapes.update(response_ids=(c.batch_size, c.max_response_length),
-                              response_lengths=(c.batch_size,))
+                              response_lengths=(c.batch_size,), family=(c.batch_size,))
+            if self._prompts:
+                shapes.update(prefix_ids=(c.batch_size, c.max_prefix_length), prefix_lengths=(c.batch_size,),
+                              suffix_ids=(c.batch_size, c.max_suffix_length), suffix_lengths=(c.batch_size,))
             out.append(shapes)
         return out
 
@@ -197,7 +244,9 @@ class SpeechInput:
         c = self.config
         return {"data_dir": os.path.abspath(c.data_dir), "split": c.split, "batch_size": c.batch_size,
                 "buckets": list(c.buckets), "max_label_length": c.max_label_length,
-                "max_response_length": c.max_response_length, "shuffle": c.shuffle,
+                "max_response_length": c.max_response_length, "max_prefix_length": c.max_prefix_length,
+                "max_suffix_length": c.max_suffix_length, "family_weights": c.family_weights,
+                "shuffle": c.shuffle,
                 "shuffle_buffer": c.shuffle_buffer, "seed": c.seed, "repeat": c.repeat,
                 "process_index": self._pindex, "process_count": self._pcount}
 
@@ -222,7 +271,7 @@ class SpeechInput:
         return int(np.random.SeedSequence([self.config.seed, self._epoch, self._pindex, salt])
                    .generate_state(1)[0] & 0x7FFFFFFF)
 
-    def _check(self, ident, n_samples, n_labels, n_resp, has_resp) -> bool:
+    def _check(self, ident, n_samples, n_labels, n_resp, has_resp, n_prefix, n_suffix) -> bool:
         """Keeps or drops one example; every drop is counted and logged with its id."""
         c, reason = self.config, None
         if n_samples > c.buckets[-1]:
@@ -235,6 +284,9 @@ class SpeechInput:
             reason = "no_response (id missing from the responses table)"
         elif self._responses is not None and n_resp > c.max_response_length:
             reason = f"response_too_long (> max_response_length={c.max_response_length})"
+        elif self._prompts and (n_prefix > c.max_prefix_length or n_suffix > c.max_suffix_length):
+            reason = (f"prompt_too_long (prefix {n_prefix} > max_prefix_length={c.max_prefix_length} or "
+                      f"suffix {n_suffix} > max_suffix_length={c.max_suffix_length})")
         if reason is None:
             self.stats["kept"] += 1
             return True
@@ -256,20 +308,41 @@ class SpeechInput:
         ds = self._builder.as_dataset(split=split, shuffle_files=c.shuffle, read_config=tfds.ReadConfig(
             shuffle_seed=self._epoch_seed(0), options=options))
 
-        table = ragged = None
+        table = None
         if self._responses is not None:
+            # Every target of every id, flattened; an id owns rows [start, start + count).
             keys = list(self._responses)
+            flat = [t for k in keys for t in self._responses[k]]
+            counts = [len(self._responses[k]) for k in keys]
+            starts = np.cumsum([0] + counts[:-1]).astype(np.int64)
+            offsets = dict(zip(keys, starts.tolist()))
             table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
                 tf.constant(keys, tf.string), tf.range(len(keys), dtype=tf.int64)), default_value=-1)
-            ragged = tf.ragged.constant([list(self._responses[k]) for k in keys], dtype=tf.int32,
-                                        ragged_rank=1) if keys else None
+            starts, counts = tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)
+            ragged = lambda rows: tf.ragged.constant([list(r) for r in rows] + [[]], dtype=tf.int32,  # noqa: E731
+                                                     ragged_rank=1)
+            responses = ragged(t.response for t in flat)
+            prompts = (ragged(t.prefix for t in flat), ragged(t.suffix for t in flat)) if self._prompts else None
+            family = tf.constant([self.families.index(t.family) for t in flat] + [0], tf.int32)
+            # Within each id, the cumulative share of its targets' weights (ends at 1).
+            weights = parse_family_weights(c.family_weights)
+            w = np.array([weights.get(t.family, 1.0) for t in flat], np.float64)
+            cum = np.zeros(len(flat) + 1, np.float64)
+            for k in keys:
+                s0, n = offsets[k], len(self._responses[k])
+                part = w[s0:s0 + n]
+                cum[s0:s0 + n] = np.cumsum(part) / part.sum() if part.sum() > 0 else np.arange(1, n + 1) / n
+            cum = tf.constant(cum, tf.float64)
+            # Which target an example gets: a pure function of (seed, epoch, id), so a resumed
+            # epoch draws the same; every epoch draws anew.
+            draw_seed = self._epoch_seed(2)
         tokenize = self._tokenize
 
         def prepare(ex):
             audio = ex["audio"]
             out = {"audio": tf.cast(audio, tf.float32) / 32768.0,
                    "audio_lengths": tf.shape(audio)[0], "ids": ex["id"], "text": ex["text"]}
-            n_labels = n_resp = tf.constant(0)
+            n_labels = n_resp = n_prefix = n_suffix = tf.constant(0)
             has_resp = tf.constant(True)
             if tokenize is not None:
                 labels = tf.numpy_function(lambda t: np.asarray(tokenize(t.decode()), np.int32),
@@ -280,16 +353,26 @@ class SpeechInput:
             if table is not None:
                 row = table.lookup(ex["id"])
                 has_resp = row >= 0
-                resp = ragged[tf.maximum(row, 0)] if ragged is not None else tf.zeros([0], tf.int32)
+                key = tf.stack([tf.constant(draw_seed, tf.int64), tf.strings.to_hash_bucket_fast(ex["id"], 2 ** 62)])
+                u = tf.random.stateless_uniform([], key, dtype=tf.float64)
+                r = tf.maximum(row, 0)
+                within = tf.reduce_sum(tf.cast(tf.slice(cum, [starts[r]], [counts[r]]) <= u, tf.int64))
+                within = tf.minimum(within, counts[r] - 1)
+                j = tf.where(has_resp, starts[r] + within, tf.cast(tf.shape(family)[0] - 1, tf.int64))
+                resp = responses[j]
                 n_resp = tf.shape(resp)[0]
-                out["response_ids"], out["response_lengths"] = resp, n_resp
-            out["_check"] = (n_labels, n_resp, has_resp)
+                out["response_ids"], out["response_lengths"], out["family"] = resp, n_resp, family[j]
+                if prompts is not None:
+                    prefix, suffix = prompts[0][j], prompts[1][j]
+                    n_prefix, n_suffix = tf.shape(prefix)[0], tf.shape(suffix)[0]
+                    out.update(prefix_ids=prefix, prefix_lengths=n_prefix, suffix_ids=suffix,
+                               suffix_lengths=n_suffix)
+            out["_check"] = (n_labels, n_resp, has_resp, n_prefix, n_suffix)
             return out
 
         def keep(ex):  # a sequential filter: _check's counters need no lock
-            n_labels, n_resp, has_resp = ex["_check"]
-            ok = tf.numpy_function(self._check, [ex["ids"], ex["audio_lengths"], n_labels, n_resp,
-                                                 has_resp], tf.bool, stateful=True)
+            ok = tf.numpy_function(self._check, [ex["ids"], ex["audio_lengths"], *ex["_check"]],
+                                   tf.bool, stateful=True)
             ok.set_shape([])
             return ok
 
@@ -301,7 +384,10 @@ class SpeechInput:
         if tokenize is not None:
             padded.update(labels=[c.max_label_length], label_lengths=[])
         if table is not None:
-            padded.update(response_ids=[c.max_response_length], response_lengths=[])
+            padded.update(response_ids=[c.max_response_length], response_lengths=[], family=[])
+        if table is not None and prompts is not None:
+            padded.update(prefix_ids=[c.max_prefix_length], prefix_lengths=[],
+                          suffix_ids=[c.max_suffix_length], suffix_lengths=[])
         # Bucket i holds lengths in [b_{i-1} + 1, b_i]; padded to b_i (= boundary - 1).
         ds = ds.bucket_by_sequence_length(
             lambda ex: ex["audio_lengths"], bucket_boundaries=[b + 1 for b in c.buckets],
@@ -381,7 +467,7 @@ def global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> di
     split over ('data', 'fsdp') by ``parallel.sharding.batch_sharding``. String fields
     ("ids", "text") stay host-local numpy (they never enter a jitted step).
     """
-    from audiochat_jax.parallel.sharding import batch_sharding
+    from audiochat_jax.parallel.sharding import batch_sharding, batch_shards
     out = {}
     for key, value in batch.items():
         if value.dtype == object or value.dtype.kind in "US":
@@ -389,7 +475,7 @@ def global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> di
             continue
         sharding = batch_sharding(mesh, value.ndim)
         global_rows = value.shape[0] * jax.process_count()
-        ways = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+        ways = batch_shards(mesh)
         if global_rows % ways:
             raise ValueError(f"batch of {global_rows} rows ({value.shape[0]} per host) cannot be split "
                              f"{ways} ways over the mesh's data x fsdp axes; make "

@@ -36,9 +36,9 @@ def load_llm(llm_dir: str, mesh, scan_layers: bool | None = None):
     directory holds: the restored ``layers_{i}`` are stacked into ``layers`` [n_layers, ...]
     (or split out of it) once, on the devices, and the returned config says which. The
     parameters are the same numbers either way; only the step's program changes (one
-    compiled layer in a loop, or n_layers in sequence; docs/performance.md, stop 24).
+    compiled layer in a loop, or n_layers in sequence).
     """
-    from audiochat_jax.model_dir import load_model_dir, read_model_config
+    from audiochat_jax.models.model_dir import load_model_dir, read_model_config
     from audiochat_jax.models.llama import LlamaConfig, stack_layer_params, unstack_layer_params
     cfg = LlamaConfig.from_dict(read_model_config(llm_dir, "llama")["config"])
     abstract, _ = abstract_llm(cfg, mesh)

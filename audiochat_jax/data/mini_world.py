@@ -14,9 +14,9 @@ What it holds:
 - **Eval items** held out from the speech (ASR/alignment) training text: spoken QA,
   translation, multi-turn; held-out facts and translations from the LM's text too.
 
-Replies and the ``reply_style`` hypothesis. A probe whose replies were bare answers (2.7
-tokens, "nineteen") aligned audio that memorised training questions (100%) but failed
-held-out ones (33%): the target says almost nothing about the utterance. With
+Replies and ``reply_style``. With bare answers as replies (2.7 tokens, "nineteen"), aligned
+audio memorised training questions (100%) but failed held-out ones (33%): such a target
+says almost nothing about the utterance. With
 ``reply_style="restate"`` (default) every reply carries the utterance's content, like a real
 chat LLM: questions are restated then answered ("seven plus twelve is nineteen."),
 statements echoed or corrected, commands acknowledged by restating them. ``"short"`` gives
@@ -37,173 +37,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-import re
-import unicodedata
 from typing import Mapping
 
-TRANSCRIPT_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # = text/char_vocab.ENGLISH_CHARS
-REPLY_STYLES = ("restate", "short")
-# The typed instruction around spoken English in translation (audio_prompt_parts(instruction=)).
-TRANSLATE_INSTRUCTION = "translate to french: {content}"
-
-# ----------------------------------------------------------------------------- numbers
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def number_words(n: int) -> str:
-    """0 <= n < 1000 spelled the way espeak reads it and CTC can spell it: "twenty one"."""
-    if not 0 <= n < 1000:
-        raise ValueError(f"number_words supports 0..999, got {n}")
-    if n >= 100:
-        rest = n % 100
-        return f"{_UNITS[n // 100]} hundred" + (f" {number_words(rest)}" if rest else "")
-    if n < 20:
-        return _UNITS[n]
-    return _TENS[n // 10] + (f" {_UNITS[n % 10]}" if n % 10 else "")
-
-
-def parse_numbers(words: list[str]) -> list[tuple[int, int, int]]:
-    """Maximal spelled-out numbers in ``words`` as (start, end, value), left to right."""
-    out, i = [], 0
-    while i < len(words):
-        j, value = i, None
-        if words[j] in _UNITS:
-            value, j = _UNITS.index(words[j]), j + 1
-            if j < len(words) and words[j] == "hundred" and value > 0:
-                value, j = value * 100, j + 1
-        if (value is None or value >= 100) and j < len(words) and words[j] in _TENS[2:]:
-            value, j = (value or 0) + 10 * _TENS.index(words[j]), j + 1
-            if j < len(words) and words[j] in _UNITS[1:10]:
-                value, j = value + _UNITS.index(words[j]), j + 1
-        elif value is not None and value >= 100 and j < len(words) and words[j] in _UNITS[1:]:
-            value, j = value + _UNITS.index(words[j]), j + 1
-        if value is None:
-            i += 1
-        else:
-            out.append((i, j, value))
-            i = j
-    return out
-
-
-def normalize_transcript(text: str) -> str:
-    """Any text -> the transcript alphabet (lowercase a-z, apostrophe, single spaces).
-
-    Accents are stripped (é -> e), digits spelled out (12 -> twelve), hyphens and other
-    punctuation become spaces, apostrophes survive only inside words ("alice's")."""
-    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'"))
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()) % 1000)} ", text)
-    text = re.sub(r"[^a-z' ]+", " ", text)
-    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)
-    return " ".join(text.split())
-
-
-# ----------------------------------------------------------------------------- entities
-NAMES = ("alice bob carol david emma frank grace henry isla jack kate leo mia noah olivia "
-         "paul rose sam tina victor wendy oscar lucy max nina peter ruby simon laura tom "
-         "hannah ben").split()
-ATTRIBUTES = {  # values, questions, canonical fact, statement forms, pronoun follow-up
-    "car": (("red", "blue", "green", "black", "white", "yellow", "brown", "pink"),
-            ("what colour is {n}'s car", "what colour is the car of {n}",
-             "which colour does {n}'s car have"),
-            "{n}'s car is {v}", ("{n} has a {v} car", "{n}'s car is {v}"),
-            "and what colour is their car"),
-    "city": (("paris", "london", "rome", "berlin", "madrid", "vienna", "dublin", "oslo",
-              "lisbon", "prague"),
-             ("where does {n} live", "in which city does {n} live", "what city does {n} live in"),
-             "{n} lives in {v}", ("{n} lives in {v}", "{n}'s home is in {v}"),
-             "and where do they live"),
-    "pet": (("cat", "dog", "rabbit", "horse", "parrot", "goat", "mouse", "duck", "pig", "turtle"),
-            ("what pet does {n} have", "which animal does {n} keep",
-             "what kind of pet does {n} own"),
-            "{n} has a {v}", ("{n} has a {v}", "{n}'s pet is a {v}"), "and what pet do they have"),
-    "job": (("baker", "doctor", "teacher", "farmer", "pilot", "singer", "painter", "driver",
-             "nurse", "writer"),
-            ("what is {n}'s job", "what does {n} do for a living", "what job does {n} have"),
-            "{n} works as a {v}", ("{n} works as a {v}", "{n} is a {v}"),
-            "and what is their job"),
-    "fruit": (("apples", "bananas", "grapes", "cherries", "lemons", "pears", "plums", "melons"),
-              ("what fruit does {n} like", "which fruit does {n} like best",
-               "what does {n} like to eat"),
-              "{n} likes {v}", ("{n} likes {v}", "{n} loves to eat {v}"),
-              "and what fruit do they like"),
-}
-ANSWER_VALUES = {a: spec[0] for a, spec in ATTRIBUTES.items()}
-
-# ----------------------------------------------------------------------------- arithmetic
-OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
-ARITH_QUESTIONS = ("what is {e}", "how much is {e}", "can you tell me what {e} is")
-
-
-def _arith_key(a, op, b):
-    """Held-out unit: commutative combos are held out together (7+12 with 12+7)."""
-    return (op, min(a, b), max(a, b)) if op != "minus" else (op, a, b)
-
-
-# ----------------------------------------------------------------------------- scene + lexicon
-# English -> French. Nouns carry gender; adjectives (masc, fem) and whether they precede the
-# noun in French. Every English word a translation template can produce is in LEXICON.
-NOUNS = {"cat": ("chat", "m"), "dog": ("chien", "m"), "bird": ("oiseau", "m"),
-         "horse": ("cheval", "m"), "mouse": ("souris", "f"), "ball": ("balle", "f"),
-         "cup": ("tasse", "f"), "box": ("boîte", "f"), "book": ("livre", "m"),
-         "hat": ("chapeau", "m"), "chair": ("chaise", "f"), "duck": ("canard", "m")}
-PLACES = {"table": ("table", "f"), "door": ("porte", "f"), "tree": ("arbre", "m"),
-          "house": ("maison", "f"), "bed": ("lit", "m"), "window": ("fenêtre", "f"),
-          "bridge": ("pont", "m")}
-COLOURS = {"red": ("rouge", "rouge"), "blue": ("bleu", "bleue"), "green": ("vert", "verte"),
-           "black": ("noir", "noire"), "white": ("blanc", "blanche"),
-           "yellow": ("jaune", "jaune"), "brown": ("marron", "marron"), "pink": ("rose", "rose")}
-SIZES = {"small": ("petit", "petite"), "big": ("grand", "grande")}  # before the noun in French
-VERBS = {"sleeps": "dort", "waits": "attend", "plays": "joue", "runs": "court",
-         "jumps": "saute", "sings": "chante", "hides": "se cache", "eats": "mange",
-         "stays": "reste", "falls": "tombe", "rolls": "roule"}
-ANIMALS = ("bird", "cat", "dog", "duck", "horse", "mouse")  # the rest of NOUNS are objects
-OBJECT_VERBS = ("falls", "rolls", "stays")  # what objects do; animals do the other verbs
-PREPS = {"under": "sous", "behind": "derrière", "on": "sur", "in front of": "devant"}
-FUNCTION_WORDS = {"the": "le/la", "a": "un/une", "is": "est", "has": "a", "i": "je",
-                  "see": "vois"}
-LEXICON = {**{k: v[0] for k, v in NOUNS.items()}, **{k: v[0] for k, v in PLACES.items()},
-           **{k: v[0] for k, v in COLOURS.items()}, **{k: v[0] for k, v in SIZES.items()},
-           **VERBS, **PREPS, **FUNCTION_WORDS}
-
-
-def _np(noun, size=None, colour=None, table=NOUNS):
-    """English noun phrase (without article) and its French (with definite article)."""
-    fr, g = table[noun]
-    words = [SIZES[size][g == "f"]] if size else []
-    words += [fr] + ([COLOURS[colour][g == "f"]] if colour else [])
-    art = "l'" if words[0][0] in "aeiouh" else ("la " if g == "f" else "le ")
-    en = " ".join(w for w in (size, colour, noun) if w)
-    return en, art + " ".join(words)
-
-
-def _translation_template(kind, rng_item):
-    """One EN sentence + its French for a translation-template instance tuple."""
-    if kind == "is_adj":  # the cat is red -> le chat est rouge
-        noun, adj = rng_item
-        en, fr = _np(noun)
-        g = NOUNS[noun][1]
-        fr_adj = (COLOURS.get(adj) or SIZES[adj])[g == "f"]
-        return f"the {en} is {adj}", f"{fr} est {fr_adj}"
-    if kind == "has":  # alice has a red cup -> alice a une tasse rouge
-        name, colour, noun = rng_item
-        fr, g = NOUNS[noun]
-        art = "une" if g == "f" else "un"
-        return f"{name} has a {colour} {noun}", f"{name} a {art} {fr} {COLOURS[colour][g == 'f']}"
-    if kind == "see":  # i see the small dog -> je vois le petit chien
-        size, noun = rng_item
-        en, fr = _np(noun, size=size)
-        return f"i see the {en}", f"je vois {fr}"
-    # scene description: the small red dog sleeps under the table
-    size, colour, noun, verb, prep, place = rng_item
-    en, fr = _np(noun, size, colour)
-    pen, pfr = _np(place, table=PLACES)
-    return f"the {en} {verb} {prep} the {pen}", f"{fr} {VERBS[verb]} {PREPS[prep]} {pfr}"
-
-
-_OPT = lambda d: (None, *sorted(d))  # noqa: E731  (an optional slot: absent or any value)
+from audiochat_jax.data.mini_lexicon import (
+    REPLY_STYLES, TRANSLATE_INSTRUCTION, number_words, parse_numbers, normalize_transcript, NAMES,
+    ATTRIBUTES, ANSWER_VALUES, OPS, ARITH_QUESTIONS, arith_key, NOUNS,
+    PLACES, COLOURS, SIZES, VERBS, ANIMALS, OBJECT_VERBS,
+    PREPS, noun_phrase, translation_template, OPTIONAL)
 
 
 # ----------------------------------------------------------------------------- data types
@@ -331,7 +171,7 @@ class MiniWorld:
             if len(self.heldout_pairs) < want and per_name.get(n, 0) < 2:
                 self.heldout_pairs.add((n, a))
                 per_name[n] = per_name.get(n, 0) + 1
-        keys = sorted({_arith_key(a, op, b) for op, a, b in self._arith_combos()})
+        keys = sorted({arith_key(a, op, b) for op, a, b in self._arith_combos()})
         rng.shuffle(keys)
         self.heldout_arith = set(keys[:round(heldout_fraction * len(keys))])
         self._replies: dict[str, str] = {}
@@ -376,7 +216,7 @@ class MiniWorld:
         self.arith_questions = {"train": [], "heldout": []}
         for op, a, b in self._arith_combos():
             e, r = f"{number_words(a)} {op} {number_words(b)}", number_words(OPS[op](a, b))
-            split = "heldout" if _arith_key(a, op, b) in self.heldout_arith else "train"
+            split = "heldout" if arith_key(a, op, b) in self.heldout_arith else "train"
             for q in ARITH_QUESTIONS:
                 self.arith_questions[split].append(self._say(
                     q.format(e=e), f"{e} is {r}.", f"{r}.",
@@ -396,23 +236,23 @@ class MiniWorld:
         # Scene sentences: descriptions (also translated), commands, open questions.
         self.french = {}
         scenes = [(sz, c, n, v, p, pl) for sz, c, n in itertools.product(
-            _OPT(SIZES), _OPT(COLOURS), sorted(NOUNS)) for v in sorted(VERBS)
+            OPTIONAL(SIZES), OPTIONAL(COLOURS), sorted(NOUNS)) for v in sorted(VERBS)
             if (v in OBJECT_VERBS) != (n in ANIMALS) for p in sorted(PREPS) for pl in sorted(PLACES)]
         for item in rng.sample(scenes, min(len(scenes), N_DESCRIPTIONS)):
-            en, fr = _translation_template("scene", item)
+            en, fr = translation_template("scene", item)
             self.french[en] = fr
             pools["description"].append(self._say(en, f"ok, {en}.", "ok."))
         templates = [("is_adj", itertools.product(sorted(NOUNS), sorted(COLOURS) + sorted(SIZES))),
                      ("has", itertools.product([e.name for e in self.entities], sorted(COLOURS),
                                                sorted(NOUNS))),
-                     ("see", itertools.product(_OPT(SIZES), sorted(NOUNS)))]
+                     ("see", itertools.product(OPTIONAL(SIZES), sorted(NOUNS)))]
         other_translations = []
         for kind, items in templates:
             for item in items:
-                en, fr = _translation_template(kind, item)
+                en, fr = translation_template(kind, item)
                 self.french[en] = fr
                 other_translations.append(en)
-        things = [_np(n, s, c)[0] for s, c, n in itertools.product(_OPT(SIZES), _OPT(COLOURS),
+        things = [noun_phrase(n, s, c)[0] for s, c, n in itertools.product(OPTIONAL(SIZES), OPTIONAL(COLOURS),
                                                                   sorted(NOUNS))]
         for p, pl in itertools.product(sorted(PREPS), sorted(PLACES)):
             for c in sorted(COLOURS):
@@ -501,7 +341,7 @@ class MiniWorld:
         rng = random.Random(f"mini-world/{self.seed}/multiturn")
         out = []
         for t in rng.sample(sorted(self.arith_questions["heldout"]), self.n_eval // 2):
-            q, (op, c, text, r2) = self._qa[t], self._arith_followup(rng, self._qa[t].answer)
+            q, (_, _, text, r2) = self._qa[t], self._arith_followup(rng, self._qa[t].answer)
             out.append(MultiTurnItem(t, q.answer, text, r2, "number"))
         for t in rng.sample(sorted(self.fact_questions["heldout"]),
                             min(self.n_eval - len(out), len(self.fact_questions["heldout"]))):
@@ -531,6 +371,20 @@ class MiniWorld:
                 out.append(Dialog(task, msgs, self.system_prompt))
         rng.shuffle(out)
         return out
+
+    def instruction_pool(self, n_histories: int = 48) -> list:
+        """The instructions the mini LM knows (text/instructions.py), one family each:
+        "respond" (the bare utterance), "repeat", "rephrase", "translate" (EN->FR), and
+        "history" (the utterance after an earlier text exchange, ``n_histories`` of them:
+        training fact and arithmetic questions with their gold replies)."""
+        from audiochat_jax.text.instructions import Instruction
+        pool = [Instruction("respond"), Instruction("repeat", "repeat: {content}"),
+                Instruction("rephrase", "rephrase: {content}"), Instruction("translate", TRANSLATE_INSTRUCTION)]
+        rng = random.Random(f"mini-world/{self.seed}/histories")
+        asked = self.fact_questions["train"] + self.arith_questions["train"]
+        for t in rng.sample(asked, min(n_histories, len(asked))):
+            pool.append(Instruction("history", "{content}", (("user", t), ("assistant", self._replies[t]))))
+        return pool
 
     def tokenizer_corpus(self) -> list[str]:
         """Text lines for ``train_sentencepiece``: every dialog as the chat template writes
@@ -603,7 +457,7 @@ class MiniWorld:
             op, c = rng.choice(("plus", "minus", "times")), rng.randint(1, 10)
             if not 0 <= OPS[op](r1, c) <= 100:  # keep results within the taught range
                 continue
-            if _arith_key(r1, op, c) in self.heldout_arith:
+            if arith_key(r1, op, c) in self.heldout_arith:
                 continue
             r2 = number_words(OPS[op](r1, c))
             text = rng.choice(("what is that {op} {c}", "and {op} {c}")).format(

@@ -4,17 +4,25 @@
         --config.responses.llm_dir=work/llm --config.responses.out_dir=work/responses ...
 
 For every ``(id, text)`` of a speech split (a prepared TFDS dataset, or a JSONL of
-``{"id", "text"}``), the LLM answers the Llama-2 chat prompt ``encode_dialog(user turn =
-instruction with the transcript as {content})``; the answers are the targets the audio path
-is trained to reproduce. Output, under ``OUT = config.out_dir``::
+``{"id", "text"}``), the LLM answers the Llama-2 chat prompt of an *instruction* with the
+transcript as its ``{content}``; the answers are the targets the audio path is trained to
+reproduce, in the same prompt with the audio in the transcript's place. The instructions
+come from a pool (``instructions``: a JSONL file, text/instructions.py): per utterance
+``per_utterance`` of its families are drawn (0 = all), seeded by the utterance id, minus
+``heldout_families`` (never given targets: the report tests them zero-shot through audio).
+Without a pool, the one ``instruction`` template is used (family "respond").
+Output, under ``OUT = config.out_dir``::
 
     provenance.json    who wrote the targets: LLM params fingerprint + config, tokenizer hash,
                        template/system/instruction (+ the audio path's prefix/suffix ids),
                        decoding settings, seed, plan, code version of every run
     transcripts.jsonl  the input snapshot {"id", "text"}, dataset order (read once, process 0)
     skipped.jsonl      every record not sent to the LLM: {"id", "reason", "detail"}
-    shards/shard-00003-of-00010.jsonl   per record, dataset order: {"id", "response_ids",
-                       "length", "truncated", "prompt_length", "response_text"}
+    shards/shard-00003-of-00010.jsonl   per (utterance, instruction), dataset order:
+                       {"id", "family", "instruction" (Instruction.to_dict), "prefix_ids",
+                       "suffix_ids" (the prompt's tokens before / after the content: the
+                       audio prompt is prefix + audio + suffix), "response_ids", "length",
+                       "truncated", "prompt_length", "response_text"}
     responses.jsonl    all shards merged when the last one lands: what data/input.py joins
                        (``load_responses(OUT)``)
     summary.json       counts, prompt/response lengths, truncations, empty replies, skips
@@ -49,7 +57,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -57,6 +65,10 @@ from absl import logging
 
 from audiochat_jax.data import provenance as prov
 from audiochat_jax.data.llm_on_mesh import generate_batch, load_llm
+from audiochat_jax.text import instructions as instructions_lib
+from audiochat_jax.text.chat_template import encode_dialog
+from audiochat_jax.text.instructions import DEFAULT_FAMILY, Instruction
+from audiochat_jax.util.config_fields import DictConfig
 
 FORMAT = "audiochat_jax.responses/1"
 RESPONSES_FILE, SUMMARY_FILE, PROVENANCE_FILE = "responses.jsonl", "summary.json", "provenance.json"
@@ -65,15 +77,20 @@ MALFORMED_FILE = "malformed.jsonl"  # unreadable JSONL input lines, found when t
 
 
 @dataclasses.dataclass(frozen=True)
-class ResponsesConfig:
+class ResponsesConfig(DictConfig):
     """What ``config.responses`` holds (plain JSON-able fields)."""
+    config_name = "config.responses"
     llm_dir: str       # model directory (kind "llama") from convert or the mini `lm` stage
     tokenizer: str     # the sentencepiece .model the LLM was trained with
     dataset_dir: str   # prepared TFDS dataset dir (.../NAME/1.0.0), or a .jsonl of {"id", "text"}
     out_dir: str
     split: str = "train"              # TFDS split (unused for .jsonl)
     instruction: str = "{content}"    # the user turn; {content} = transcript; a plain prefix
-                                      # "Continue:" means "Continue: {content}"
+                                      # "Continue:" means "Continue: {content}" (no pool only)
+    instructions: str = ""            # instruction pool (JSONL, text/instructions.py); "" = none
+    families: str = ""                # pool families to answer (comma-separated; "" = all)
+    heldout_families: str = ""        # pool families never answered (kept for zero-shot tests)
+    per_utterance: int = 1            # families drawn per utterance (0 = every family)
     system: str = ""                  # system prompt ("" = none)
     max_new_tokens: int = 64
     max_prompt_length: int = 0        # 0: limited only by the LLM's max_seq_len - max_new_tokens
@@ -91,6 +108,11 @@ class ResponsesConfig:
             if not getattr(self, name):
                 raise ValueError(f"config.responses.{name} is not set; pass "
                                  f"--config.responses.{name}=...")
+        if self.per_utterance < 0:
+            raise ValueError(f"config.responses.per_utterance={self.per_utterance} must be >= 0 (0 = all)")
+        if self.instructions and self.instruction != "{content}":
+            raise ValueError("config.responses: give either an instruction pool (instructions=FILE) or "
+                             "one instruction template, not both")
         for name in ("max_new_tokens", "batch_size", "shard_size", "length_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config.responses.{name}={getattr(self, name)} must be >= 1")
@@ -98,18 +120,6 @@ class ResponsesConfig:
             raise ValueError(f"config.responses: need temperature >= 0 and 0 < top_p <= 1 "
                              f"(got {self.temperature}, {self.top_p})")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ResponsesConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config.responses: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mesh_shape"] = list(self.mesh_shape)
-        return d
 
 
 def default_config():
@@ -129,6 +139,18 @@ class Item(NamedTuple):
     index: int          # position in transcripts.jsonl (dataset order)
     id: str
     prompt: list[int]   # the full chat prompt token ids
+    instruction: Instruction
+    prefix: list[int]   # prompt[:content start]
+    suffix: list[int]   # prompt[content end:]
+
+
+def instruction_pool(config: ResponsesConfig) -> list[Instruction]:
+    """The instructions this run answers with: the pool's selected families, or the single
+    ``instruction`` as family "respond"."""
+    pool = (instructions_lib.read_pool(config.instructions) if config.instructions
+            else [Instruction(DEFAULT_FAMILY, config.instruction)])
+    return instructions_lib.select(pool, instructions_lib.parse_names(config.families),
+                                   instructions_lib.parse_names(config.heldout_families))
 
 
 # ------------------------------------------------------------------ reading transcripts
@@ -166,25 +188,29 @@ def read_transcripts(dataset_dir: str, split: str) -> tuple[list[tuple[str, str]
 
 # ------------------------------------------------------------------ prompts and plan
 def prompt_ids(tokenizer, text: str, config: ResponsesConfig) -> list[int]:
-    """The chat prompt for one transcript: ``encode_dialog`` of the user turn
-    ``instruction`` with ``{content}`` = the transcript (the same rule as
-    ``chat_template.audio_prompt_parts``, whose prefix/suffix the audio path uses)."""
-    from audiochat_jax.text.chat_template import encode_dialog
-    template = config.instruction if "{content}" in config.instruction \
-        else config.instruction.rstrip() + " {content}"
-    before, after = template.split("{content}")
-    return encode_dialog(tokenizer, [{"role": "user", "content": before + text.strip() + after}],
+    """The chat prompt for one transcript with the single ``instruction`` (no pool)."""
+    return encode_dialog(tokenizer, Instruction(DEFAULT_FAMILY, config.instruction).messages(text),
                          system=config.system or None).ids
 
 
 def make_items(records, tokenizer, config: ResponsesConfig, max_seq_len: int):
-    """Tokenised prompts, and the records skipped (duplicate id, empty text, too long)."""
+    """Tokenised prompts, one per (record, drawn instruction), and the skipped records
+    (duplicate id, empty text, prompt too long).
+
+    Each prompt is ``encode_dialog`` of the instruction's dialog with the transcript as its
+    content; its tokens outside the content span must equal the instruction's audio-prompt
+    ``parts`` (so the text and audio prompts differ only where the audio goes), else the
+    pair is skipped as ``content_span_mismatch``.
+    """
     limit = max_seq_len - config.max_new_tokens
     if config.max_prompt_length:
         limit = min(limit, config.max_prompt_length)
     if limit < 1:
         raise ValueError(f"config.responses.max_new_tokens={config.max_new_tokens} leaves no room "
                          f"for a prompt in the LLM's max_seq_len={max_seq_len}")
+    system = config.system or None
+    pool = instruction_pool(config)
+    parts = {}  # the prefix/suffix do not depend on the content: once per instruction
     items, skipped, seen = [], [], set()
     for index, (uid, text) in enumerate(records):
         reason = detail = None
@@ -192,17 +218,28 @@ def make_items(records, tokenizer, config: ResponsesConfig, max_seq_len: int):
             reason, detail = "duplicate_id", "an earlier record has this id; responses are keyed by id"
         elif not text.strip():
             reason, detail = "empty_transcript", "nothing for the LLM to answer"
-        else:
-            ids = prompt_ids(tokenizer, text, config)
+        seen.add(uid)
+        if reason is not None:
+            skipped.append({"id": uid, "reason": reason, "detail": detail})
+            continue
+        for instr in instructions_lib.draw(pool, uid, config.per_utterance, config.seed):
+            if instr not in parts:
+                parts[instr] = instr.parts(tokenizer, system)
+            prefix, suffix = parts[instr]
+            ids = encode_dialog(tokenizer, instr.messages(text), system=system).ids
+            reason = None
             if len(ids) > limit:
                 reason, detail = "prompt_too_long", (
                     f"{len(ids)} prompt tokens > {limit} (max_seq_len {max_seq_len} - "
                     f"max_new_tokens {config.max_new_tokens}, or max_prompt_length)")
-        seen.add(uid)
-        if reason is None:
-            items.append(Item(index, uid, ids))
-        else:
-            skipped.append({"id": uid, "reason": reason, "detail": detail})
+            elif ids[:len(prefix)] != prefix or ids[len(ids) - len(suffix):] != suffix:
+                reason, detail = "content_span_mismatch", (
+                    "the transcript changes the template's tokens around it; put whitespace "
+                    f"around '{{content}}' in {instr.template!r}")
+            if reason is None:
+                items.append(Item(index, uid, ids, instr, prefix, suffix))
+            else:
+                skipped.append({"id": uid, "family": instr.family, "reason": reason, "detail": detail})
     return items, skipped
 
 
@@ -216,7 +253,7 @@ def plan_shards(items: list[Item], n_records: int, shard_size: int) -> list[list
 
 def shard_batches(shard: list[Item], batch_size: int) -> list[list[Item]]:
     """Length-sorted (stable) batches: rows of one batch have similar prompt lengths."""
-    ordered = sorted(shard, key=lambda it: (len(it.prompt), it.index))
+    ordered = sorted(shard, key=lambda it: len(it.prompt))
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
@@ -234,8 +271,9 @@ def shard_path(out_dir: str, k: int, n: int) -> str:
     return os.path.join(out_dir, SHARDS_DIR, f"shard-{k:05d}-of-{n:05d}.jsonl")
 
 
-def load_responses(out_dir: str) -> dict[str, list[int]]:
-    """``{id: response_ids}`` of a finished run, for ``data.input.SpeechInput(responses=...)``."""
+def load_responses(out_dir: str) -> dict:
+    """``{id: [data.input.Target, ...]}`` of a finished run (one per answered instruction),
+    for ``data.input.SpeechInput(responses=...)``."""
     from audiochat_jax.data.input import load_responses as load_jsonl
     path = os.path.join(out_dir, RESPONSES_FILE)
     if not prov.gfile().exists(path):
@@ -244,15 +282,19 @@ def load_responses(out_dir: str) -> dict[str, list[int]]:
     return load_jsonl(path)
 
 
-def summarize(records: list[dict], skipped: list[dict], n_shards: int) -> dict[str, Any]:
+def summarize(records: list[dict], skipped: list[dict], n_shards: int, n_inputs: int) -> dict[str, Any]:
     """Counts and lengths of a finished run (``length`` counts the EOS when present)."""
     lengths = np.array([r["length"] for r in records] or [0])
     prompts = np.array([r["prompt_length"] for r in records] or [0])
     reasons: dict[str, int] = {}
     for s in skipped:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    by_family: dict[str, int] = {}
+    for r in records:
+        by_family[r.get("family", DEFAULT_FAMILY)] = by_family.get(r.get("family", DEFAULT_FAMILY), 0) + 1
     return {
-        "records": len(records) + len(skipped), "responses": len(records),
+        "records": n_inputs,
+        "responses": len(records), "responses_by_family": by_family,
         "skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
         "truncated": sum(r["truncated"] for r in records),
         "empty_responses": sum(r["length"] == 1 and not r["truncated"] for r in records),
@@ -301,7 +343,8 @@ def _finished_shards(out: str, shards: list[list[Item]]) -> np.ndarray:
     if jax.process_index() == 0:
         for k, shard in enumerate(shards):
             if prov.gfile().exists(shard_path(out, k, n)):
-                if [r["id"] for r in _read_jsonl(shard_path(out, k, n))] != [it.id for it in shard]:
+                have = [(r["id"], r.get("family", DEFAULT_FAMILY)) for r in _read_jsonl(shard_path(out, k, n))]
+                if have != [(it.id, it.instruction.family) for it in shard]:
                     raise ValueError(f"{shard_path(out, k, n)} holds other ids than shard {k} of the "
                                      f"plan; {out} was written by a different plan: use a new out_dir")
                 done[k] = 1
@@ -319,10 +362,9 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
     """
     from tqdm import tqdm
 
-    from audiochat_jax.model_dir import read_model_config
+    from audiochat_jax.models.model_dir import read_model_config
     from audiochat_jax.models.llama import LlamaConfig
     from audiochat_jax.parallel import sharding
-    from audiochat_jax.text.chat_template import audio_prompt_parts
     from audiochat_jax.text.tokenizer import Tokenizer
 
     c, out, lead = config, config.out_dir, jax.process_index() == 0
@@ -332,10 +374,11 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
     if tok.vocab_size > llm_cfg.vocab_size:
         raise ValueError(f"config.responses.tokenizer={c.tokenizer} has {tok.vocab_size} pieces but "
                          f"the LLM in {c.llm_dir} only {llm_cfg.vocab_size}; pass its own tokenizer")
-    # Validates the instruction (clear errors) and gives the audio path's prompt parts.
-    prefix, suffix = audio_prompt_parts(tok, system=c.system or None, instruction=c.instruction)
+    # Validates the instructions (clear errors); the default one's parts go into provenance.
+    pool = instruction_pool(c)
+    prefix, suffix = Instruction(DEFAULT_FAMILY, c.instruction).parts(tok, c.system or None)
     mesh = sharding.make_mesh(c.mesh_shape)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = sharding.batch_shards(mesh)
     if c.batch_size % ways:
         raise ValueError(f"config.responses.batch_size={c.batch_size} cannot be split over the "
                          f"mesh's {ways} data x fsdp devices; make it a multiple of {ways}")
@@ -361,7 +404,13 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
                           "pad_id": tok.pad_id},
             "prompt": {"template": "llama2_chat (text/chat_template.encode_dialog)",
                        "system": c.system, "instruction": c.instruction,
-                       "audio_prefix_ids": prefix, "audio_suffix_ids": suffix},
+                       "audio_prefix_ids": prefix, "audio_suffix_ids": suffix,
+                       "instructions": ({"path": os.path.abspath(c.instructions),
+                                         "sha256": prov.sha256_file(c.instructions)}
+                                        if c.instructions else None),
+                       "families": instructions_lib.families(pool),
+                       "heldout_families": list(instructions_lib.parse_names(c.heldout_families)),
+                       "per_utterance": c.per_utterance},
             "decoding": {k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "seed",
                                                     "batch_size", "length_multiple",
                                                     "max_prompt_length")},
@@ -380,7 +429,8 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
     bar = tqdm(total=len(items), initial=sum(len(s) for k, s in enumerate(shards) if done[k]),
                unit="utt", desc="responses", disable=not (progress and lead))
     for k in todo:
-        answers = {}
+        answers = {}  # keyed by the item's position in its shard
+        position = {id(it): j for j, it in enumerate(shards[k])}
         for b, batch in enumerate(shard_batches(shards[k], c.batch_size)):
             longest = max(len(it.prompt) for it in batch)
             width = min(-(-longest // c.length_multiple) * c.length_multiple,
@@ -391,14 +441,15 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
                                      batch_size=c.batch_size, width=width, pad_id=tok.pad_id,
                                      eos_id=tok.eos_id, max_new_tokens=c.max_new_tokens, rng=key,
                                      temperature=c.temperature, top_p=c.top_p)
-            answers.update(zip((it.index for it in batch), replies))
+            answers.update(zip((position[id(it)] for it in batch), replies))
             bar.update(len(batch))
         if lead:
             prov.write_atomic(shard_path(out, k, n), _jsonl(
-                {"id": it.id, "response_ids": ids, "length": len(ids),
-                 "truncated": ids[-1] != tok.eos_id, "prompt_length": len(it.prompt),
+                {"id": it.id, "family": it.instruction.family, "instruction": it.instruction.to_dict(),
+                 "prefix_ids": it.prefix, "suffix_ids": it.suffix, "response_ids": ids,
+                 "length": len(ids), "truncated": ids[-1] != tok.eos_id, "prompt_length": len(it.prompt),
                  "response_text": tok.decode([t for t in ids if t != tok.eos_id])}
-                for it, ids in ((it, answers[it.index]) for it in shards[k])))
+                for it, ids in ((it, answers[j]) for j, it in enumerate(shards[k]))))
         done[k] = 1
     bar.close()
     if not done.all():
@@ -408,7 +459,7 @@ def run(config: ResponsesConfig, *, max_shards: int | None = None, progress: boo
 
     # ---- all shards present: merge and summarise (cheap; redone on every finished rerun).
     merged = [r for k in range(n) for r in _read_jsonl(shard_path(out, k, n))]
-    summary = {"complete": True, **summarize(merged, skipped, n)}
+    summary = {"complete": True, **summarize(merged, skipped, n, len(records) + len(malformed))}
     prov.write_atomic(os.path.join(out, RESPONSES_FILE), _jsonl(merged))
     prov.write_atomic(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2))
     return summary

@@ -39,12 +39,13 @@ import numpy as np
 
 from audiochat_jax.audio import espeak
 from audiochat_jax.audio import io as audio_io
+from audiochat_jax.util.config_fields import DictConfig
 
 NAME, VERSION = "synthetic_speech", "1.0.0"
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(DictConfig):
     seed: int = 0
     accents: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029",
                                 "en-us-nyc")
@@ -61,17 +62,6 @@ class SynthConfig:
     renditions: Mapping[str, int] = dataclasses.field(default_factory=dict)  # split -> voices/sentence
     split_fractions: Mapping[str, float] = dataclasses.field(default_factory=dict)  # for untagged input
     default_split: str = "train"  # untagged input when split_fractions is empty
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SynthConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"SynthConfig: unknown fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
 
     def voices(self, unseen: bool) -> list[str]:
         """The seen (accents x variants) or held-out voice pool, each name validated."""

@@ -4,7 +4,7 @@ The cascade feeds an ASR transcript to the frozen LLM as text; comparing it with
 end-to-end path separates "the encoder heard it" from "the LLM understood the audio".
 
 * ``ctc_transcripts``: greedy CTC with the pre-trained ``conformer_ctc`` directory
-  (audiochat_jax.transcribe.Transcriber), batched and length-bucketed.
+  (audiochat_jax.inference.transcriber.Transcriber), batched and length-bucketed.
 * ``PocketSphinx``: pocketsphinx 5's en-us acoustic model with an n-gram LM built from
   in-domain text (``pocketsphinx.lm.ArpaBoLM``) and a dictionary cut from its CMUdict to
   that LM's words (loading all of CMUdict takes ~10 s). The generic en-us LM turns espeak

@@ -12,7 +12,9 @@ World:
                 the eval items are held out from *that* world's training text)
   synth         data.synth.SynthConfig fields for the eval audio (voice pools must equal the
                 speech stage's so "unseen" really is unseen; a new seed gives new renditions)
-Sizes: n_qa, n_multiturn, n_translation (0 = all the world's items), n_qa_train (questions
+Sizes: n_qa, n_multiturn, n_translation (0 = all the world's items), n_family_items (held-out
+  utterances asked in every instruction family of the world's pool, eval/instructions.py:
+  half QA questions, half translation sentences; 0 = off), n_qa_train (questions
   the alignment corpus spoke, asked with new audio beside the held-out ones: the
   memorisation gap; 0 = off), batch_size,
   max_new_tokens, voices ("unseen" | "seen": the main tables' voices), workers (espeak and
@@ -48,7 +50,8 @@ def default_eval_config(world: dict | None = None, synth: dict | None = None,
         # Sizes within the mini pipeline's 25-minute budget (evaluate took 4.8 min with every
         # kept item in 5 noise levels and 3 rates, 3.7 min with 200 translations and 100 sweep
         # items; BLEU on 120 sentences and sweeps on 64 items take about a minute less).
-        n_qa=0, n_qa_train=100, n_multiturn=100, n_translation=120, batch_size=32, max_new_tokens=48,
+        n_qa=0, n_qa_train=100, n_multiturn=100, n_translation=120, n_family_items=64, batch_size=32,
+        max_new_tokens=48,
         voices="unseen", workers=0, seed=1234,
         pocketsphinx=True,
         sweeps=SWEEPS, snr_db=(20.0, 10.0, 5.0, 0.0), rates=(130, 230), length_bins=3,
@@ -58,6 +61,7 @@ def default_eval_config(world: dict | None = None, synth: dict | None = None,
     ))
     c.synth["seed"] = 1000 + int(c.synth.get("seed", 0))  # new draws of voice/rate/pitch
     if smoke:
-        c.update(n_qa=8, n_qa_train=4, n_multiturn=4, n_translation=4, batch_size=8, max_new_tokens=24,
+        c.update(n_qa=8, n_qa_train=4, n_multiturn=4, n_translation=4, n_family_items=8, batch_size=8,
+                 max_new_tokens=24,
                  snr_db=(10.0,), rates=(175,), length_bins=2, sweep_items=8)
     return c

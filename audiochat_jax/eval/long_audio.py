@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import random
@@ -35,12 +34,13 @@ from typing import Sequence
 
 import numpy as np
 
-from audiochat_jax import huge_pages
-from audiochat_jax.data.mini_world import ATTRIBUTES, MiniWorld, answer_in_reply
+from audiochat_jax.data.mini_lexicon import ATTRIBUTES
+from audiochat_jax.data.mini_world import MiniWorld, answer_in_reply
 from audiochat_jax.eval import render
-from audiochat_jax.eval.prompting import Prompter, content_parts
+from audiochat_jax.inference.prompting import Prompter, content_parts
 from audiochat_jax.models import long_audio
 from audiochat_jax.text.chat_template import encode_dialog
+from audiochat_jax.train import config_files
 
 POSITIONS = ("early", "middle", "late")
 PATHS = ("closed_book", "text", "audio")
@@ -213,17 +213,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_config(spec: str):
-    """``path.py[:arg]`` -> its ``get_config(arg)``."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def main(argv=None) -> int:
-    from audiochat_jax.eval.speech_model import SpeechModel
+    from audiochat_jax.inference.speech_model import SpeechModel
     parser = argparse.ArgumentParser(prog="python -m audiochat_jax.eval.long_audio",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,10 +235,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=24)
     args = parser.parse_args(argv)
-    cfg = _load_config(args.config)
+    cfg = config_files.load(args.config)
     if args.workdir:
-        from audiochat_jax import pipeline
-        pipeline.fill_paths(cfg, args.workdir)
+        from audiochat_jax.workflow.layout import fill_paths
+        fill_paths(cfg, args.workdir)
     section = cfg.eval if "eval" in cfg else cfg
     aligned = args.aligned_dir or section.get("aligned_dir")
     if not aligned:
@@ -276,5 +267,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from audiochat_jax.eval.prompting import Part, Prompter
+from audiochat_jax.inference.prompting import Part, Prompter
 
 
 def summarize(nll: np.ndarray, tokens: np.ndarray) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-from audiochat_jax.eval.prompting import Part, Prompter, content_parts
+from audiochat_jax.inference.prompting import Part, Prompter, content_parts
 
 
 def _answer(prompter: Prompter, prefix, suffix, parts: Sequence[Part]) -> list[str]:
@@ -98,7 +98,7 @@ def multi_turn(prompter: Prompter, items: Sequence, text_parts: Sequence[list],
 
 def _first_type(item) -> str:
     """The answer type of a multi-turn item's first question (numbers for arithmetic)."""
-    from audiochat_jax.data.mini_world import ANSWER_VALUES
+    from audiochat_jax.data.mini_lexicon import ANSWER_VALUES
     for kind, values in ANSWER_VALUES.items():
         if item.first_answer in values:
             return kind

@@ -149,6 +149,8 @@ def markdown(results: dict, plots: list[str]) -> str:
         t = results["translation"]
         md += ["## Speech translation EN→FR", "", f"{t['n_items']} held-out sentences; sacrebleu corpus BLEU.", "",
                _table(["content", "BLEU"], [[PATH_LABELS.get(p, p), t["bleu"][p]] for p in _paths(t["bleu"])]), ""]
+    if results.get("families"):
+        md += [families_markdown(results["families"])]
     if results.get("robustness"):
         md += ["## Robustness", "", "Spoken-QA accuracy (items the text path gets right) and CTC WER "
                "under one changed condition at a time.", ""]
@@ -165,6 +167,30 @@ def markdown(results: dict, plots: list[str]) -> str:
     if results.get("seconds") is not None:
         md += [f"Evaluation took {results['seconds']:.0f} s."]
     return "\n".join(md) + "\n"
+
+
+def families_markdown(fam: dict) -> str:
+    """The per-family section (eval/instructions.py's result)."""
+    paths = [p for p in _paths(next(iter(fam["families"].values()))["agreement"]) if p != "text"]
+    short = {"audio": "audio", "cascade:ctc": "CTC casc.", "cascade:pocketsphinx": "PS casc."}
+    rows = []
+    for name, f in fam["families"].items():
+        rows.append([f"{name}" + (" (held out)" if f["heldout"] else ""), f"`{f['template']}`"]
+                    + [f["follows"].get(p) for p in ["text"] + paths]
+                    + [_fmt(f["agreement"].get(p), 1) for p in paths])
+    md = ["## Instruction following, per task family", "",
+          f"{fam['n_items']} held-out utterances asked in each family's prompt. *follows*: share of "
+          "replies closer (chrF) to the text path's reply for this family than to its reply to the bare "
+          "utterance (did the instruction change what was done, as it does for text; – where the two "
+          "text replies rarely differ). *agrees*: corpus BLEU against the text path's replies in the same "
+          "prompt. Held-out families were never trained with audio: zero-shot.", "",
+          _table(["family", "prompt"] + [f"follows: {short.get(p, p)}" for p in ["text"] + paths]
+                 + [f"agrees: {short.get(p, p)}" for p in paths], rows), ""]
+    rep = fam["families"].get("repeat", {}).get("wer")
+    if rep:
+        md += ["Content fidelity — \"repeat\" replies against the gold transcript (WER): "
+               + ", ".join(f"{PATH_LABELS.get(p, p)} {_fmt(v)}" for p, v in rep.items()) + ".", ""]
+    return "\n".join(md)
 
 
 def write_report(out_dir: str, results: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import sacrebleu
 
-from audiochat_jax.eval.prompting import Part, Prompter, content_parts
+from audiochat_jax.inference.prompting import Part, Prompter, content_parts
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.models import layer_stack
 from audiochat_jax.models.depthwise_conv import DepthwiseConv
-from audiochat_jax.models.dropout import Dropout
+from audiochat_jax.util.config_fields import DictConfig
 
 KIND = "conformer_ctc"
 
@@ -59,7 +59,7 @@ _REMAT = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ConformerConfig:
+class ConformerConfig(DictConfig):
     """Conformer encoder (+ CTC head) hyper-parameters; plain JSON-able fields.
 
     Defaults are NeMo's ``stt_en_conformer_ctc_small`` encoder shape (d=176, 16 layers,
@@ -120,19 +120,6 @@ class ConformerConfig:
     def n_subsampling_convs(self) -> int:
         return int(math.log2(self.subsampling_factor))
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConformerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ConformerConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "ConformerConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def subsampled_lengths(lengths, config: ConformerConfig):
@@ -146,10 +133,8 @@ def subsampled_lengths(lengths, config: ConformerConfig):
 
 
 def _stride2_lengths(lengths, k: int):
-    """One stride-2 conv of kernel ``k`` with ``(k - 1) // 2`` padding: L -> (L + 2p - k) // 2 + 1.
-    ``>> 1`` is that floor division for any int (an arithmetic shift), in one op where jnp's
-    ``//`` is a dozen that XLA:CPU repeats in every masked element (audiochat_jax/lengths.py)."""
-    return ((lengths + 2 * ((k - 1) // 2) - k) >> 1) + 1
+    """One stride-2 conv of kernel ``k`` with ``(k - 1) // 2`` padding: L -> (L + 2p - k) // 2 + 1."""
+    return (lengths + 2 * ((k - 1) // 2) - k) // 2 + 1
 
 
 def relative_positions(length: int, d_model: int) -> jax.Array:
@@ -185,28 +170,6 @@ def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
                         name=name, **_dtypes(cfg))
 
 
-class PointwiseConv(nn.Module):
-    """A 1x1 convolution as a matmul over channels: ``nn.Conv(features, (1, 1))``'s parameters
-    (kernel [1, 1, in, features], bias [features]), its outputs, and a kernel gradient that is
-    one [in, n] x [n, features] matmul. XLA computes ``nn.Conv``'s kernel gradient as a
-    convolution whose window is the whole [frames, mels] plane, with the activations copied
-    in a transposed layout: in the mini align step on the 2-core CPU those two ops took ~10 ms
-    of op time for 49 MFLOP, and the step took 0.976x the time with this module (one process,
-    the two steps in turn; docs/performance.md, stop 23). [batch, ..., in] -> [batch, ..., features].
-    """
-    features: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _kernel(("conv_k", None, "conv_in", "conv_out")),
-                            (1, 1, x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", _zeros(("norm",)), (self.features,), self.param_dtype)
-        y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
-        return y + bias.astype(self.dtype)
-
-
 class ConvSubsampling(nn.Module):
     """Time (and mel) subsampling by ``config.subsampling_factor`` with 2-D convolutions.
 
@@ -229,11 +192,9 @@ class ConvSubsampling(nn.Module):
             if groups > 1:
                 x = DepthwiseConv(c, (kernel, kernel), (stride, stride), (pad, pad), name=f"conv_{idx}",
                                   kernel_axes=("conv_k", None, "conv_in", "conv_out"), **_dtypes(cfg))(x)
-            elif kernel == 1:
-                x = PointwiseConv(c, name=f"conv_{idx}", **_dtypes(cfg))(x)
             else:
                 x = nn.Conv(c, (kernel, kernel), strides=(stride, stride),
-                            padding=(pad, pad), name=f"conv_{idx}",
+                            padding=(pad, pad) if kernel > 1 else "VALID", name=f"conv_{idx}",
                             # A name may not repeat: the mel-tap axis stays unnamed (replicated like conv_k).
                             kernel_init=_kernel(("conv_k", None, "conv_in", "conv_out")),
                             bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
@@ -269,7 +230,7 @@ class FeedForward(nn.Module):
         x = nn.Dense(cfg.ffn_dim, use_bias=cfg.use_bias, name="linear1", kernel_init=_kernel(("embed", "mlp")),
                      bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
         x = nn.with_logical_constraint(nn.swish(x), ("batch", "length", "act_mlp"))
-        x = Dropout(cfg.dropout)(x, deterministic=self.deterministic)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=self.deterministic)
         return nn.Dense(cfg.d_model, use_bias=cfg.use_bias, name="linear2", kernel_init=_kernel(("mlp", "embed")),
                         bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
 
@@ -347,7 +308,7 @@ class RelPositionSelfAttention(nn.Module):
         scores = (content + position).astype(jnp.promote_types(content.dtype, jnp.float32)) / math.sqrt(dk)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        probs = Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
         out = jnp.einsum("bhts,bshd->bthd", probs, v)
         # A padded query has no valid keys of its own meaning; zero it (NeMo does the same).
         out = jnp.where(mask[:, :, None, None], out, 0)
@@ -391,7 +352,7 @@ class ConformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pos: jax.Array, mask: jax.Array) -> jax.Array:
         cfg, det = self.config, self.deterministic
-        drop = Dropout(cfg.dropout)
+        drop = nn.Dropout(cfg.dropout)
         ff1 = FeedForward(cfg, det, name="feed_forward1")(_layer_norm(cfg, "norm_feed_forward1")(x))
         x = x + 0.5 * drop(ff1, deterministic=det)
         att = RelPositionSelfAttention(cfg, det, name="self_attn")(_layer_norm(cfg, "norm_self_att")(x), pos, mask)
@@ -428,7 +389,7 @@ class ConformerEncoder(nn.Module):
         mask = jnp.arange(t)[None, :] < lengths[:, None]  # [batch, T]
         if cfg.xscaling:
             x = x * math.sqrt(cfg.d_model)
-        x = Dropout(cfg.dropout)(x, deterministic=not train)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         pos = relative_positions(t, cfg.d_model)
         block = ConformerBlock
@@ -445,7 +406,7 @@ class ConformerEncoder(nn.Module):
 
 def _scanned_blocks(encoder: nn.Module, block: type, x, pos, mask, deterministic: bool) -> jax.Array:
     """The encoder's blocks as one ``nn.scan``ned block: XLA compiles one block, not n_layers
-    (on the dev CPU the paper conformer's forward + backward compiles about 5 s per unrolled
+    (on a 2-core CPU the paper conformer's forward + backward compiles about 5 s per unrolled
     block). ``map_variables`` stacks the stored ``layers_{i}`` parameters (and batch-norm
     statistics) into the scan's ``layers`` [n_layers, ...] on the way in and unstacks what
     init or a batch-norm update writes on the way out, so checkpoints, checkpoint conversion

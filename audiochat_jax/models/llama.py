@@ -36,6 +36,8 @@ key mask, so padding written during prefill stays masked while decoding.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -44,8 +46,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiochat_jax.models import layer_stack
+from audiochat_jax.util.config_fields import DictConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Compute dtypes: a DTYPES key, or "auto" (``auto_compute_dtype``: the faster one here).
+COMPUTE_DTYPES = (*DTYPES, "auto")
+
+
+def cpu_has_bf16_dots() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16; /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def auto_compute_dtype(backend: str | None = None) -> str:
+    """What ``dtype="auto"`` computes in: bfloat16 on GPUs and TPUs; on a CPU bfloat16 where it
+    multiplies bfloat16 natively (its bf16 dots with float32 accumulation then run 2-6x the
+    float32 ones: bench/llm.py prints both), else float32 (bfloat16 would be emulated)."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "bfloat16"
+    return "bfloat16" if cpu_has_bf16_dots() else "float32"
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of a compute-dtype setting (``"auto"`` resolved for this backend)."""
+    return DTYPES[auto_compute_dtype() if name == "auto" else name]
 
 # What the backward pass keeps instead of recomputing (jax.checkpoint_policies).
 REMAT_POLICIES = {
@@ -55,16 +89,14 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
-# `jax.nn.dot_product_attention(implementation=...)` for each setting: "xla" everywhere (our
-# `attention`, the same computation with fewer axes, where each query head has its own kv
-# head), "jax_xla" jax's own "xla" version always (to compare the two), "cudnn" fused flash
-# attention on NVIDIA GPUs, "auto" lets JAX pick. Not XLA's: odd lengths get one masked slot
-# (cuDNN trains only even lengths; see Llama.hidden_states).
-ATTENTION_IMPLS = {"xla": "xla", "jax_xla": "xla", "cudnn": "cudnn", "auto": None}
+# `jax.nn.dot_product_attention(implementation=...)` for each setting: "xla" everywhere,
+# "cudnn" fused flash attention on NVIDIA GPUs, "auto" lets JAX pick. Not XLA's: odd lengths get one masked slot (cuDNN trains only
+# even lengths; see Llama.hidden_states).
+ATTENTION_IMPLS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(DictConfig):
     """Architecture and numerics of a Llama model (all plain JSON-able fields)."""
     vocab_size: int
     dim: int
@@ -76,7 +108,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    dtype: str = "bfloat16"         # compute dtype (activations, dot inputs)
+    dtype: str = "auto"             # compute dtype (activations, dot inputs): COMPUTE_DTYPES
     param_dtype: str = "float32"    # storage dtype of the parameters
     remat_policy: str = "none"      # a key of REMAT_POLICIES
     scan_layers: bool = False       # one scanned layer (fast compile) vs n_layers unrolled
@@ -94,9 +126,10 @@ class LlamaConfig:
             bad("dim", "dim // n_heads (the head width) must be even for rotary embeddings")
         if self.n_heads % self.n_kv_heads:
             bad("n_kv_heads", f"must divide n_heads={self.n_heads} (grouped-query attention)")
-        for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                bad(f, f"must be one of {sorted(DTYPES)}")
+        if self.dtype not in COMPUTE_DTYPES:
+            bad("dtype", f"must be one of {sorted(COMPUTE_DTYPES)}")
+        if self.param_dtype not in DTYPES:
+            bad("param_dtype", f"must be one of {sorted(DTYPES)}")
         if self.remat_policy not in REMAT_POLICIES:
             bad("remat_policy", f"must be one of {sorted(REMAT_POLICIES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -106,19 +139,6 @@ class LlamaConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"LlamaConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "LlamaConfig":
-        return dataclasses.replace(self, **changes)
 
 
 # Published Llama-2 dimensions: Touvron et al. 2023, "Llama 2: Open Foundation and Fine-Tuned
@@ -136,14 +156,33 @@ LLAMA2_SIZES = {
 
 
 def _dot(eq: str, x, w, dtype):
-    """einsum with inputs and result in ``dtype`` (the matrix units and XLA:CPU accumulate a
-    bfloat16 dot in float32 and round once, as a float32 result cast to ``dtype`` would).
+    """einsum with inputs and result in ``dtype``; a bfloat16 dot accumulates in float32 and
+    rounds once.
 
-    Not ``preferred_element_type=float32`` then a cast: the cast's transpose makes the
-    backward's cotangent float32, and its dots then run in float32 on the bfloat16 weights
-    converted every step. In an H100 profile of the 7B align step (batch 4) those matmuls took
-    43 ms and the conversions 20 ms of 170; at batch 16 the step went from 440 to 312 ms."""
+    On accelerators the result is bfloat16 itself, not ``preferred_element_type=float32`` then
+    a cast: the cast's transpose makes the backward's cotangent float32, and its dots then run
+    in float32 on the bfloat16 weights converted every step (an H100 7B align step at batch 16:
+    440 ms that way, 312 ms this way). XLA:CPU is the other way round: it runs a dot with a
+    bfloat16 result as a generic loop at float32 speed or below, and one with a float32 result
+    on its bfloat16 kernels, 4-6x faster (bench/llm.py prints the model's bf16 and f32 rates),
+    so there the float32 result is cast. A product with few rows (decoding: one token a row)
+    is a matrix-vector product, which XLA:CPU has no bfloat16 kernel for: it converts the whole
+    weight to float32 on every call (the LM head's 32000 x 1024 took 89 ms of a 617 ms
+    prefill), so on the CPU those run in float32 on the weights as stored."""
+    if dtype == jnp.bfloat16 and _float32_result_dots():
+        if math.prod(x.shape[:-1]) <= SMALL_ROWS:
+            return jnp.einsum(eq, x.astype(jnp.float32), w.astype(jnp.float32)).astype(dtype)
+        return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
     return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+
+
+# Rows at or below which a CPU product with bfloat16 compute runs in float32 (see ``_dot``).
+SMALL_ROWS = 64
+
+
+def _float32_result_dots() -> bool:
+    """Whether bfloat16 dots should produce float32 (then cast): on XLA:CPU (see ``_dot``)."""
+    return jax.default_backend() == "cpu"
 
 
 def _kernel(module: nn.Module, name: str, shape, names, cfg: LlamaConfig):
@@ -164,7 +203,7 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
         # transformers: weight * hidden.to(input_dtype) -- the product is in compute dtype.
-        dtype = DTYPES[cfg.dtype]
+        dtype = compute_dtype(cfg.dtype)
         return scale.astype(dtype) * y.astype(dtype)
 
 
@@ -182,29 +221,6 @@ def apply_rotary(x, cos, sin):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attention(q, k, v, mask, scale: float):
-    """Softmax attention, as ``jax.nn.dot_product_attention``'s "xla" implementation computes it
-    (float32 logits and softmax, probabilities cast to ``v``'s dtype).
-
-    q [batch, T, heads, head_dim], k and v [batch, S, kv_heads, head_dim], mask [batch, 1, T, S]
-    bool -> [batch, T, heads, head_dim].
-
-    Written out for one kv head per query head: jax's version vmaps its core over query groups,
-    and its 5-D arrays cost time on XLA:CPU. The mini LLM's attention (batch 16 x 102 slots, 4
-    heads of 32) took 7-10 ms forward + backward per layer that way, 5.3-6.5 ms as these 4-D
-    einsums (docs/performance.md, stop 26). Grouped queries (fewer kv heads) go to jax's.
-    """
-    if k.shape[2] != q.shape[2]:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-    # bf16 inputs, float32 logits: the algorithm jax names for it (jax issue 24047).
-    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-    logits = jnp.einsum("bthd,bshd->bhts", q, k, precision=precision,
-                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
-    logits = jnp.where(mask, logits * scale, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v)
-
-
 class Attention(nn.Module):
     """Grouped-query self-attention. x [batch, length, dim] -> [batch, length, dim].
 
@@ -217,7 +233,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, rope, attn_mask, layer_cache=None, index=None):
         cfg = self.config
-        dtype, d, h, kvh, hd = DTYPES[cfg.dtype], cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        dtype, d, h, kvh, hd = compute_dtype(cfg.dtype), cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         wq = _kernel(self, "q", (d, h, hd), ("embed", "heads", "kv"), cfg)
         wk = _kernel(self, "k", (d, kvh, hd), ("embed", "kv_heads", "kv"), cfg)
         wv = _kernel(self, "v", (d, kvh, hd), ("embed", "kv_heads", "kv"), cfg)
@@ -237,12 +253,9 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             layer_cache = (k, v)
 
-        if cfg.attention_impl == "xla":
-            out = attention(q, k.astype(dtype), v.astype(dtype), attn_mask, 1.0 / float(np.sqrt(hd)))
-        else:
-            out = jax.nn.dot_product_attention(
-                q, k.astype(dtype), v.astype(dtype), mask=attn_mask, scale=1.0 / float(np.sqrt(hd)),
-                implementation=ATTENTION_IMPLS[cfg.attention_impl])
+        out = jax.nn.dot_product_attention(
+            q, k.astype(dtype), v.astype(dtype), mask=attn_mask, scale=1.0 / float(np.sqrt(hd)),
+            implementation=ATTENTION_IMPLS[cfg.attention_impl])
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "act_kv"))
         return _dot("blhk,hkd->bld", out, wo, dtype), layer_cache
 
@@ -254,7 +267,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dtype = DTYPES[cfg.dtype]
+        dtype = compute_dtype(cfg.dtype)
         gate = _kernel(self, "gate", (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
         up = _kernel(self, "up", (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
         down = _kernel(self, "down", (cfg.ffn_dim, cfg.dim), ("mlp", "embed"), cfg)
@@ -284,7 +297,7 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int) -> dict:
     (the next free slot)}``.
     """
     shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.head_dim)
-    dtype = DTYPES[config.dtype]
+    dtype = compute_dtype(config.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "mask": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
 
@@ -332,12 +345,14 @@ class Llama(nn.Module):
 
     def embed(self, tokens):
         """Token embeddings: tokens [batch, length] int -> [batch, length, dim] compute dtype."""
-        x = jnp.take(self.embedding, tokens, axis=0).astype(DTYPES[self.config.dtype])
+        x = jnp.take(self.embedding, tokens, axis=0).astype(compute_dtype(self.config.dtype))
         return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
     def logits(self, hidden):
         """LM head: hidden [batch, length, dim] -> logits [batch, length, vocab] float32."""
-        dtype = DTYPES[self.config.dtype]
+        dtype = compute_dtype(self.config.dtype)
+        if dtype == jnp.bfloat16 and _float32_result_dots() and math.prod(hidden.shape[:-1]) <= SMALL_ROWS:
+            dtype = jnp.float32  # a CPU matrix-vector product: see ``_dot``
         if self.config.tie_embeddings:
             out = jnp.einsum("bld,vd->blv", hidden.astype(dtype), self.embedding.astype(dtype),
                              preferred_element_type=jnp.float32)
@@ -362,7 +377,7 @@ class Llama(nn.Module):
         if decode != (cache is not None):
             raise ValueError("Llama: decode=True needs cache=init_cache(config, batch, max_len) "
                              "and a cache is only used with decode=True")
-        x = self.embed(tokens) if tokens is not None else embeddings.astype(DTYPES[cfg.dtype])
+        x = self.embed(tokens) if tokens is not None else embeddings.astype(compute_dtype(cfg.dtype))
         if x.shape[-1] != cfg.dim:
             raise ValueError(f"Llama: embeddings have width {x.shape[-1]}, the model's dim is {cfg.dim}")
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))

@@ -16,20 +16,19 @@ hidden ``mlp``; biases and norm scales ``norm`` (replicated).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from audiochat_jax.util.config_fields import DictConfig
 
-from audiochat_jax.lengths import floor_div
 
 KINDS = ("linear", "mlp")
 NORMS = ("none", "rms", "layer")
 
 
 @dataclasses.dataclass(frozen=True)
-class ProjectorConfig:
+class ProjectorConfig(DictConfig):
     """Projector hyper-parameters (plain JSON-able fields)."""
     in_dim: int                 # encoder width (ConformerConfig.d_model)
     out_dim: int                # LLM width (LlamaConfig.dim)
@@ -59,21 +58,11 @@ class ProjectorConfig:
             except TypeError:
                 bad(f, "not a dtype name; use e.g. 'float32' or 'bfloat16'")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProjectorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ProjectorConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def stacked_lengths(lengths, stack: int):
     """Embeddings per utterance after stacking: ``ceil(lengths / stack)`` (ints or arrays)."""
-    return floor_div(lengths + stack - 1, stack)
+    return (lengths + stack - 1) // stack
 
 
 def stack_frames(frames: jax.Array, stack: int) -> jax.Array:

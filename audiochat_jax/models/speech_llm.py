@@ -36,11 +36,11 @@ import jax.numpy as jnp
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.models import conformer, wav2vec2
 from audiochat_jax.models.conformer import ConformerConfig, ConformerEncoder
-from audiochat_jax.models.dropout import Dropout
 from audiochat_jax.models.llama import Llama, LlamaConfig
 from audiochat_jax.models.projector import Projector, ProjectorConfig
 from audiochat_jax.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from audiochat_jax.text.char_vocab import CharVocab
+from audiochat_jax.util.config_fields import DictConfig
 
 KIND = "speech_llm"
 
@@ -124,7 +124,7 @@ def example_inputs(config: EncoderConfig) -> tuple[jax.Array, jax.Array]:
 
 def read_encoder_dir(path: str) -> tuple[EncoderConfig, dict, dict]:
     """A ``conformer_ctc`` or ``wav2vec2`` model directory, as saved -> (config, variables, meta)."""
-    from audiochat_jax import model_dir
+    from audiochat_jax.models import model_dir
     kind = model_dir.read_model_config(path).get("kind")
     if kind == conformer.KIND:
         return conformer.load(path)
@@ -196,7 +196,7 @@ class AudioEmbedder(nn.Module):
                                  "model's vocabulary")
             x = frames
             if kind == "wav2vec2":  # as Wav2Vec2CTC: dropout before the head
-                x = Dropout(self.encoder.final_dropout)(x, deterministic=not train)
+                x = nn.Dropout(self.encoder.final_dropout)(x, deterministic=not train)
             dt = dict(dtype=jnp.dtype(self.encoder.dtype), param_dtype=jnp.dtype(self.encoder.param_dtype))
             out["ctc_logits"] = nn.Dense(
                 n, name="ctc_head",
@@ -278,19 +278,25 @@ def embed_tokens(llm_config: LlamaConfig, llm_params, ids: jax.Array) -> jax.Arr
 
 def build_prompt(llm_config: LlamaConfig, llm_params, prefix_ids, suffix_ids, content: jax.Array,
                  content_lengths: jax.Array, response_ids: jax.Array | None = None,
-                 response_lengths: jax.Array | None = None) -> Spliced:
+                 response_lengths: jax.Array | None = None, prefix_lengths: jax.Array | None = None,
+                 suffix_lengths: jax.Array | None = None) -> Spliced:
     """``[prefix | content | suffix | response]`` packed per row.
 
-    prefix_ids [P], suffix_ids [S] int (shared by the batch); content either audio embeddings
-    [b, A, dim] or transcript token ids [b, A] int (the text-prompted twin); response_ids
-    [b, R] (teacher forcing; None for a generation prompt). Segment starts: ``starts[:, 1]``
-    is the content, ``starts[:, 3]`` the response.
+    prefix_ids / suffix_ids: int [P] / [S] shared by the batch, or [b, P] / [b, S] per row
+    with ``prefix_lengths`` / ``suffix_lengths`` [b] (each row's own instruction); content
+    either audio embeddings [b, A, dim] or transcript token ids [b, A] int (the text-prompted
+    twin); response_ids [b, R] (teacher forcing; None for a generation prompt). Segment
+    starts: ``starts[:, 1]`` is the content, ``starts[:, 3]`` the response.
     """
     if not jnp.issubdtype(content.dtype, jnp.floating):
         content = embed_tokens(llm_config, llm_params, content)
-    segs = [(embed_tokens(llm_config, llm_params, jnp.asarray(prefix_ids, jnp.int32))[None], None),
-            (content, content_lengths),
-            (embed_tokens(llm_config, llm_params, jnp.asarray(suffix_ids, jnp.int32))[None], None)]
+
+    def tokens(ids, lengths):
+        ids = jnp.asarray(ids, jnp.int32)
+        emb = embed_tokens(llm_config, llm_params, ids)
+        return (emb[None], None) if ids.ndim == 1 else (emb, lengths)
+
+    segs = [tokens(prefix_ids, prefix_lengths), (content, content_lengths), tokens(suffix_ids, suffix_lengths)]
     if response_ids is not None:
         segs.append((embed_tokens(llm_config, llm_params, response_ids), response_lengths))
     return splice(segs)
@@ -311,7 +317,7 @@ def response_logits(llm_config: LlamaConfig, llm_params, prompt: Spliced, n_resp
 
 
 @dataclasses.dataclass(frozen=True)
-class SpeechLLMConfig:
+class SpeechLLMConfig(DictConfig):
     """What an exported speech-LLM directory records (config.json of kind ``speech_llm``).
 
     ``encoder_kind`` names the encoder family of ``encoder`` (``ENCODERS``); directories
@@ -336,19 +342,3 @@ class SpeechLLMConfig:
     def embedder(self) -> AudioEmbedder:
         return AudioEmbedder(self.encoder_config(), ProjectorConfig.from_dict(self.projector),
                              ctc_head=self.ctc_head)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SpeechLLMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SpeechLLMConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        for k in ("prefix_ids", "suffix_ids"):
-            d[k] = tuple(int(t) for t in d.get(k, ()))
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["prefix_ids"], d["suffix_ids"] = list(self.prefix_ids), list(self.suffix_ids)
-        return d

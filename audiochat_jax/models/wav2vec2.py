@@ -40,8 +40,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from audiochat_jax.util.config_fields import DictConfig
 
-from audiochat_jax.models.dropout import Dropout
 
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" is the exact erf form
@@ -58,7 +58,7 @@ _REMAT_POLICIES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Wav2Vec2Config:
+class Wav2Vec2Config(DictConfig):
     """Hyper-parameters; field names follow transformers' ``Wav2Vec2Config`` where they exist.
 
     Defaults are wav2vec2-base (arXiv:2006.11477 Table/§4.2: 7 convs of 512 channels, strides
@@ -121,20 +121,6 @@ class Wav2Vec2Config:
                 problems.append(f"{name}={getattr(self, name)!r} is not a dtype name such as 'bfloat16'")
         if problems:
             raise ValueError("invalid Wav2Vec2Config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Wav2Vec2Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Wav2Vec2Config: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for name in ("conv_dim", "conv_stride", "conv_kernel"):
-            d[name] = list(d[name])
-        return d
 
     @property
     def head_dim(self) -> int:
@@ -284,7 +270,7 @@ class SelfAttention(nn.Module):
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * cfg.head_dim ** -0.5
             key_ok = _frame_mask(lengths, x.shape[1])[:, None, None, :]
             probs = jax.nn.softmax(jnp.where(key_ok, logits, jnp.finfo(jnp.float32).min), axis=-1)
-            probs = Dropout(cfg.attention_dropout)(probs, deterministic=False)
+            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths.astype(jnp.int32))
@@ -300,9 +286,9 @@ class FeedForward(nn.Module):
         cfg = self.config
         h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate_dense")(x)
         h = nn.with_logical_constraint(_ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
-        h = Dropout(cfg.activation_dropout)(h, deterministic=not train)
+        h = nn.Dropout(cfg.activation_dropout)(h, deterministic=not train)
         h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output_dense", bias_names=("norm",))(h)
-        return Dropout(cfg.hidden_dropout)(h, deterministic=not train)
+        return nn.Dropout(cfg.hidden_dropout)(h, deterministic=not train)
 
 
 class EncoderLayer(nn.Module):
@@ -314,7 +300,7 @@ class EncoderLayer(nn.Module):
         cfg = self.config
         attn, ff = SelfAttention(cfg, name="attention"), FeedForward(cfg, name="feed_forward")
         ln1, ln2 = _layer_norm(cfg, "layer_norm"), _layer_norm(cfg, "final_layer_norm")
-        drop = Dropout(cfg.hidden_dropout)
+        drop = nn.Dropout(cfg.hidden_dropout)
         if cfg.do_stable_layer_norm:
             x = x + drop(attn(ln1(x).astype(cfg.dtype), lengths, train=train), deterministic=not train)
             x = x + ff(ln2(x).astype(cfg.dtype), train=train)
@@ -360,7 +346,7 @@ class Wav2Vec2Encoder(nn.Module):
             x = _layer_norm(cfg, "feature_projection_norm")(x)
         x = _dense(cfg, cfg.hidden_size, ("conv_out", "embed"), "feature_projection", bias_names=("norm",))(
             x.astype(cfg.dtype))
-        x = Dropout(cfg.feat_proj_dropout)(x, deterministic=not train)
+        x = nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cfg.mask_time_prob > 0:
             mask_emb = self.param("masked_spec_embed", nn.with_logical_partitioning(
@@ -374,7 +360,7 @@ class Wav2Vec2Encoder(nn.Module):
         x = x + PositionalConvEmbedding(cfg, name="pos_conv_embed")(x).astype(cfg.dtype)
         if not cfg.do_stable_layer_norm:
             x = _layer_norm(cfg, "encoder_layer_norm")(x).astype(cfg.dtype)
-        x = Dropout(cfg.hidden_dropout)(x, deterministic=not train)
+        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=not train)
 
         layer_cls = EncoderLayer
         if cfg.remat_policy != "none":
@@ -418,7 +404,7 @@ class Wav2Vec2CTC(nn.Module):
         if cfg.ctc_vocab_size <= 0:
             raise ValueError("Wav2Vec2CTC needs config.ctc_vocab_size > 0 (the number of CTC output classes)")
         x, out_lengths = Wav2Vec2Encoder(cfg, name="encoder")(inputs, lengths, train=train)
-        x = Dropout(cfg.final_dropout)(x, deterministic=not train)
+        x = nn.Dropout(cfg.final_dropout)(x, deterministic=not train)
         logits = _dense(cfg, cfg.ctc_vocab_size, ("embed", "ctc_vocab"), "lm_head")(x)
         return logits.astype(jnp.float32), out_lengths
 
@@ -453,13 +439,13 @@ def encoder_variables(config: Wav2Vec2Config, variables: dict) -> dict:
 
 def save(path: str, config: Wav2Vec2Config, variables: dict, **extra) -> None:
     """Writes a ``wav2vec2`` model directory (``variables`` = ``{"params": ...}``)."""
-    from audiochat_jax import model_dir  # models stay importable without orbax at import time
+    from audiochat_jax.models import model_dir  # models stay importable without orbax at import time
     model_dir.save_model_dir(path, KIND, config.to_dict(), dict(variables), **extra)
 
 
 def load(path: str) -> tuple[Wav2Vec2Config, dict, dict]:
     """Reads a ``wav2vec2`` model directory -> ``(config, variables, meta)``."""
-    from audiochat_jax import model_dir
+    from audiochat_jax.models import model_dir
     meta, tree = model_dir.load_model_dir(path, KIND)
     config = Wav2Vec2Config.from_dict(meta["config"])
     return config, (tree if "params" in tree else {"params": tree}), meta

@@ -122,10 +122,20 @@ def logical_to_sharding(tree: Any, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_R
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def batch_spec(ndim: int = 1) -> P:
+    """PartitionSpec of a ``[batch, ...]`` array: batch over (data, fsdp), rest replicated."""
+    return nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), LOGICAL_AXIS_RULES)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
     """Sharding of a ``[batch, ...]`` input array: batch over (data, fsdp), rest replicated."""
-    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), LOGICAL_AXIS_RULES)
-    return NamedSharding(mesh, spec)
+    return NamedSharding(mesh, batch_spec(ndim))
+
+
+def batch_shards(mesh: jax.sharding.Mesh) -> int:
+    """How many ways the batch axis is split on ``mesh`` (a global batch must be a multiple)."""
+    spec = batch_spec(1)[0]
+    return int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ())]))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

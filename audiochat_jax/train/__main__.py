@@ -10,7 +10,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from audiochat_jax import huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/smoke_toy.py (optionally :arg); override fields "
@@ -41,5 +40,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    huge_pages.reexec_with_huge_pages()  # CPU: the per-step buffers in 2 MiB pages
     app.run(main)

@@ -11,7 +11,8 @@ frozen Llama; losses on the response positions only:
   being the same frozen LLM prompted with the *transcript* on the identical template,
   computed in the same step (Ultravox / DiVA style);
 * ``ctc_weight`` auxiliary CTC on the encoder's CTC head (keeps the encoder a recogniser, so
-  the cascade survives alignment: DESIGN's probe, CER 1-3% vs 31-41% without);
+  the cascade survives alignment: in the mini world CER 1-3% after alignment with it,
+  31-41% without);
 * ``embed_weight`` a length-agnostic pull of the audio embeddings toward the transcript's
   token embeddings: symmetric Chamfer distance in cosine (each audio embedding to its
   nearest transcript token, each token to its nearest audio embedding).
@@ -26,12 +27,18 @@ conformer with ``scan_layers`` runs the backward pass through all its blocks und
 is never in the trained tree: it is ``Task.frozen``, a sharded input of the step
 (train/state.py).
 
-Config (``config.align``, see ``task_config``): llm_dir (kind "llama" model directory),
+Config (``config.align``, see ``align_configs.task_config``): llm_dir (kind "llama" model directory),
 encoder_dir (kind "conformer_ctc" or "wav2vec2": speech_llm.load_encoder_dir), tokenizer
 ("" = the LLM directory's), data_dir (TFDS speech dataset), responses (comma-separated
 responses dirs / .jsonl files, joined by id), train_split, eval_splits, eval_batches,
-system + instruction (must be the responses run's: checked against its provenance.json when
-present), buckets, max_label_length (transcript tokens), max_response_length,
+system + instruction (the default prompt: for targets without their own, and the exported
+model's chat prompt; checked against a pool-less responses run's provenance.json),
+families ("" = every family in the responses) and heldout_families (dropped, counted and
+logged: never trained with audio, so the report can test them zero-shot; both
+comma-separated, recorded in the export), family_weights ("respond=2,repeat=1": how often
+each family's target is drawn for an utterance that has several; unlisted = 1), buckets, max_label_length (transcript tokens),
+max_response_length, max_prefix_length / max_suffix_length (each target's prompt tokens
+before / after the audio),
 ctc_max_label_length, shuffle_buffer, projector (stack, kind, hidden_dim, norm, dtype,
 param_dtype), trainable, ce_weight, kl_weight, kl_temperature,
 ctc_weight, embed_weight, llm_dtype / llm_remat_policy / llm_attention_impl / encoder_dtype
@@ -57,66 +64,22 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig, log_mel
 from audiochat_jax.data.input import InputConfig, SpeechInput, load_responses
 from audiochat_jax.models import speech_llm
 from audiochat_jax.models.ctc import ctc_loss, feasible
 from audiochat_jax.models import conformer, llama
-from audiochat_jax.models.llama import DTYPES, LlamaConfig
+from audiochat_jax.models.llama import compute_dtype
 from audiochat_jax.models.projector import ProjectorConfig
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.char_vocab import CharVocab
 from audiochat_jax.text.chat_template import audio_prompt_parts
 from audiochat_jax.text.tokenizer import Tokenizer
 from audiochat_jax.train import metrics, tasks
-
-
-def task_config() -> ml_collections.ConfigDict:
-    """The ``config.align`` section (fields documented in the module docstring)."""
-    placeholder = ml_collections.config_dict.placeholder
-    return ml_collections.ConfigDict(dict(
-        llm_dir=placeholder(str), encoder_dir=placeholder(str), tokenizer="",
-        data_dir=placeholder(str), responses=placeholder(str),
-        train_split="train", eval_splits=("test",), eval_batches=4,
-        system="", instruction="{content}",
-        buckets=(64000, 128000, 256000), max_label_length=96, max_response_length=64,
-        ctc_max_label_length=256, shuffle_buffer=2048,
-        projector=ml_collections.ConfigDict(dict(stack=2, kind="mlp", hidden_dim=0, norm="none",
-                                                 dtype="float32", param_dtype="float32")),
-        trainable="all",
-        ce_weight=1.0, kl_weight=0.0, kl_temperature=1.0, ctc_weight=0.0, embed_weight=0.0,
-        llm_dtype="", llm_remat_policy="", llm_attention_impl="", encoder_dtype="",
-        llm_scan_layers="",
-    ))
-
-
-def full_config() -> ml_collections.ConfigDict:
-    """A complete trainer config for ``align``; paths, total_steps and batch_size remain."""
-    from audiochat_jax.train import loop
-    c = loop.base_config()
-    c.task = "align"
-    c.align = task_config()
-    return c
-
-
-def mini_config(smoke: bool = False) -> ml_collections.ConfigDict:
-    """The mini world's align stage (configs/mini.py wires the paths); ``smoke`` shrinks it."""
-    c = full_config()
-    c.total_steps, c.batch_size, c.log_every, c.eval_every = 480, 16, 20, 0
-    c.optimizer.update(learning_rate=1e-3, warmup_steps=30, weight_decay=0.01, clip_norm=1.0)
-    c.checkpoint.every_steps = 125
-    c.align.update(eval_splits=("test_seen",), buckets=(48000, 96000), max_label_length=48,
-                   max_response_length=48, ctc_weight=0.3)
-    if smoke:
-        c.total_steps, c.batch_size, c.log_every, c.eval_every = 10, 8, 5, 0
-        c.optimizer.warmup_steps = 2
-        c.align.eval_batches = 1
-    return c
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,6 +174,7 @@ class _WithCTCLabels:
 
 
 def _load_response_tables(spec: str) -> dict:
+    """``{id: [Target]}`` of every responses directory / .jsonl in ``spec`` (comma-separated)."""
     from audiochat_jax.data import responses as responses_lib
     table = {}
     for path in filter(None, (p.strip() for p in spec.split(","))):
@@ -221,8 +185,39 @@ def _load_response_tables(spec: str) -> dict:
     return table
 
 
+def select_targets(table: dict, prefix, suffix, families=(), heldout=()) -> tuple[dict, dict]:
+    """The targets alignment trains on -> (``{id: [Target]}``, counts per family: kept and dropped).
+
+    Targets without their own prompt (a responses run without an instruction pool, or a
+    plain .jsonl) get the default ``prefix`` / ``suffix``. ``families`` keeps only those
+    (empty: all); ``heldout`` families are always dropped, so they never reach a train step
+    (the report tests them zero-shot). Ids left with no target are left out (the input
+    pipeline counts them as ``no_response``).
+    """
+    present = {t.family for ts in table.values() for t in ts}
+    unknown = sorted(set(families) - present)
+    if unknown:
+        raise ValueError(f"config.align.families={list(families)}: {unknown} not among the responses' "
+                         f"families {sorted(present)}")
+    out, counts = {}, {}
+    for uid, targets in table.items():
+        keep = []
+        for t in targets:
+            use = t.family not in heldout and (not families or t.family in families)
+            name = t.family if use else f"{t.family} (dropped)"
+            counts[name] = counts.get(name, 0) + 1
+            if use:
+                keep.append(t if t.prefix is not None else t._replace(prefix=tuple(prefix), suffix=tuple(suffix)))
+        if keep:
+            out[uid] = keep
+    if not out:
+        raise ValueError(f"config.align: no target left after families={list(families)} and "
+                         f"heldout_families={list(heldout)} (present: {sorted(present)})")
+    return out, dict(sorted(counts.items()))
+
+
 def _check_prompt_matches_responses(spec: str, prefix, suffix) -> None:
-    """The audio path must use the prompt the responses were generated with."""
+    """Targets without their own prompt must have been answered in the default prompt."""
     import json
     for path in filter(None, (p.strip() for p in spec.split(","))):
         prov = os.path.join(path, "provenance.json")
@@ -230,6 +225,8 @@ def _check_prompt_matches_responses(spec: str, prefix, suffix) -> None:
             continue
         with open(prov) as f:
             prompt = json.load(f).get("prompt", {})
+        if prompt.get("instructions"):
+            continue  # an instruction pool: every record carries its own prompt
         if "audio_prefix_ids" in prompt and (list(prompt["audio_prefix_ids"]) != list(prefix)
                                              or list(prompt["audio_suffix_ids"]) != list(suffix)):
             raise ValueError(f"{prov}: the responses were generated with system={prompt.get('system')!r}, "
@@ -240,13 +237,16 @@ def _check_prompt_matches_responses(spec: str, prefix, suffix) -> None:
 # ---------------------------------------------------------------------------------------
 # The step's forward pass and loss (shared with plan.py's abstract step)
 # ---------------------------------------------------------------------------------------
-def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int, patterns):
+def make_forward(cfg, llm_cfg, embedder, feat_cfg, blank_id: int, patterns):
     """``forward(variables, llm, batch, rng, train) -> (sums, new_model_state)``.
 
-    cfg is ``config.align``; prefix/suffix int32 [P]/[S] chat-template ids; ``patterns`` the
-    frozen-parameter regexes (:func:`frozen_patterns`). The batch holds audio [b, samples]
-    f32, audio_lengths [b], response_ids [b, R], response_lengths, labels [b, Lt] (transcript
-    tokens), label_lengths, valid [b] (and ctc_labels/ctc_label_lengths with ctc_weight).
+    cfg is ``config.align``; ``patterns`` the frozen-parameter regexes (:func:`frozen_patterns`).
+    The batch holds audio [b, samples] f32, audio_lengths [b], each row's prompt around the
+    content (prefix_ids [b, P] + prefix_lengths, suffix_ids [b, S] + suffix_lengths: the
+    instruction its target was answered in), response_ids [b, R], response_lengths, labels
+    [b, Lt] (transcript tokens), label_lengths, valid [b] (and ctc_labels/ctc_label_lengths
+    with ctc_weight). The text-prompted teacher gets the same prompt with the transcript
+    tokens where the audio goes.
     ``sums`` are per-batch sums: ce, correct, tokens (+ kl, ctc/ctc_labels, embed/rows when
     training with those losses; text_ce/text_correct, the text-prompted teacher, in eval).
     """
@@ -262,19 +262,21 @@ def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int
                                      train=enc_train, mutable=mutable,
                                      rngs={"dropout": jax.random.fold_in(rng, 1)} if enc_train else None)
         out, new_state = out if mutable else (out, {})
-        audio = out["embeddings"].astype(DTYPES[llm_cfg.dtype])
+        audio = out["embeddings"].astype(compute_dtype(llm_cfg.dtype))
         R = batch["response_ids"].shape[1]
         valid = batch["valid"].astype(jnp.float32)
         weights = (jnp.arange(R)[None, :] < batch["response_lengths"][:, None]) * valid[:, None]
         targets = batch["response_ids"]
+        around = dict(prefix_lengths=batch["prefix_lengths"], suffix_lengths=batch["suffix_lengths"])
+        prefix, suffix = batch["prefix_ids"], batch["suffix_ids"]
         prompt = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, audio, out["lengths"],
-                                         targets, batch["response_lengths"])
+                                         targets, batch["response_lengths"], **around)
         logits = speech_llm.response_logits(llm_cfg, llm, prompt, R)
         ce, correct, tokens = response_ce(logits, targets, weights)
         sums = {"ce": ce, "correct": correct, "tokens": tokens}
         if cfg.kl_weight > 0 or not train:
             text = speech_llm.build_prompt(llm_cfg, llm, prefix, suffix, batch["labels"], batch["label_lengths"],
-                                           targets, batch["response_lengths"])
+                                           targets, batch["response_lengths"], **around)
             teacher = jax.lax.stop_gradient(speech_llm.response_logits(llm_cfg, llm, text, R))
             if cfg.kl_weight > 0:
                 sums["kl"] = distill_kl(logits, teacher, weights, cfg.kl_temperature)
@@ -298,7 +300,7 @@ def make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, blank_id: int
     return forward
 
 
-def make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, n_prefix: int, n_suffix: int):
+def make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init):
     """``uncounted_flops(batch) -> float`` (tasks.Task): the global-batch FLOPs that XLA's cost
     analysis misses because it counts a while loop's body once: the frozen LLM's layers when
     scanned (llama.scanned_flops_uncounted) and the conformer's blocks when scanned
@@ -313,6 +315,7 @@ def make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, n_prefix: int, 
         if not (llm_cfg.scan_layers or enc_scanned):
             return 0.0
         rows, n_response = batch["response_ids"].shape
+        n_prefix, n_suffix = batch["prefix_ids"].shape[1], batch["suffix_ids"].shape[1]
         missed = 0.0
         if enc_scanned:
             feats = jax.eval_shape(lambda a, n: log_mel(a, n, feat_cfg)[0], batch["audio"], batch["audio_lengths"])
@@ -474,16 +477,22 @@ def align_task(config, mesh) -> tasks.Task:
         boxed = embedder.init(rng, *speech_llm.example_inputs(enc_cfg))
         return _graft(dict(boxed), enc_vars, cfg.encoder_dir)
 
-    forward = make_forward(cfg, llm_cfg, embedder, feat_cfg, prefix, suffix, vocab.blank_id, patterns)
+    forward = make_forward(cfg, llm_cfg, embedder, feat_cfg, vocab.blank_id, patterns)
     loss = make_loss(cfg, forward)
 
-    response_table = _load_response_tables(cfg.responses)
+    from audiochat_jax.text.instructions import parse_names
+    heldout = parse_names(cfg.heldout_families)
+    all_targets = _load_response_tables(cfg.responses)
+    response_table, family_counts = select_targets(all_targets, prefix, suffix, parse_names(cfg.families), heldout)
+    trained_families = sorted({t.family for ts in response_table.values() for t in ts})
+    metrics.log(f"align: targets per family {family_counts}")
 
     def input_config(split, train):
         return InputConfig(
             data_dir=cfg.data_dir, split=split, batch_size=config.batch_size // n_hosts,
             buckets=tuple(cfg.buckets), max_label_length=cfg.max_label_length,
-            max_response_length=cfg.max_response_length, shuffle=train,
+            max_response_length=cfg.max_response_length, max_prefix_length=cfg.max_prefix_length,
+            max_suffix_length=cfg.max_suffix_length, family_weights=cfg.family_weights, shuffle=train,
             shuffle_buffer=cfg.shuffle_buffer, seed=config.seed, repeat=train)
 
     def train_data():
@@ -535,9 +544,10 @@ def align_task(config, mesh) -> tasks.Task:
         model_dir.save_model_dir(out_dir, speech_llm.KIND, spec.to_dict(), dict(variables),
                                  llm_dir=os.path.abspath(cfg.llm_dir),
                                  tokenizer=os.path.abspath(_tokenizer_path(cfg)),
-                                 vocab=vocab.to_dict(), system=cfg.system, instruction=cfg.instruction)
+                                 vocab=vocab.to_dict(), system=cfg.system, instruction=cfg.instruction,
+                                 families=trained_families, heldout_families=list(heldout))
 
-    uncounted_flops = make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init, len(prefix), len(suffix))
+    uncounted_flops = make_uncounted_flops(cfg, llm_cfg, embedder, feat_cfg, init)
 
     return tasks.Task(init=init, loss=loss, train_data=train_data,
                       evaluate=evaluate if cfg.eval_splits else None, export=export,

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 
 STATE, DATA = "state", "data"
 

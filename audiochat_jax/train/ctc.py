@@ -43,7 +43,6 @@ import jiwer
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec as P
 
 from audiochat_jax.audio.augment import SpecAugmentConfig, add_noise, sample_snr_db, spec_augment
 from audiochat_jax.audio.features import FeatureConfig, log_mel
@@ -189,10 +188,8 @@ def ctc_task(config, mesh) -> tasks.Task:
         nll, ok, logits, out_lengths, _ = forward(variables, batch, jax.random.PRNGKey(0), train=False)
         return nll, ok, greedy_ids(logits), out_lengths
 
-    batch_spec = P(("data", "fsdp"))
-
     def host_rows(x):
-        return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, batch_spec))
+        return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, sharding.batch_spec(1)))
 
     def evaluate(variables, frozen):
         out = {}

@@ -1,6 +1,6 @@
 """``lm``: train a Llama on chat dialogs, loss on the assistant tokens only.
 
-The mini world's LLM (DESIGN: d=128, 4 layers, learns the templated world in minutes on 2
+The mini world's LLM (d=128, 4 layers: it learns the templated world in minutes on 2
 cores); the same code trains any LlamaConfig. Input: a JSONL file of dialogs, one per line::
 
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...],
@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.models.llama import Llama, LlamaConfig, init_params, scanned_flops_uncounted
 from audiochat_jax.parallel import sharding
 from audiochat_jax.text.chat_template import encode_dialog

@@ -63,7 +63,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 0                             # 0: evaluate at the end only
     c.max_nonfinite_steps = 10                   # stop after this many skipped steps in a row
-    c.nonfinite_skip = "cond"                    # how a skipped step keeps the state: make_train_step
     c.peak_flops = 0.0                           # per-device peak FLOP/s for MFU (0: no MFU)
     c.init_from = ""                             # model directory whose params start the run
     c.resume_from = ""                           # another run's checkpoint dir (latest step)
@@ -72,8 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=1e-3, warmup_steps=0, end_lr_ratio=0.1, b1=0.9, b2=0.98, eps=1e-8,
         weight_decay=0.01, clip_norm=1.0, frozen_patterns=()))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
-    # Trace steps [start_step, start_step + steps) into WORKDIR/profile and log their op time
-    # by model part (train/profile.py); steps=0: off.
+    # Trace steps [start_step, start_step + steps) into WORKDIR/profile (train/profile.py:
+    # TensorBoard's profile plugin or Perfetto reads it); steps=0: off.
     c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0))
     return c
 
@@ -112,8 +111,7 @@ def _microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1,
-                    nonfinite_skip: str = "cond"):
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1):
     """``step(state, frozen, batch) -> (state, metrics)`` for a task's ``loss_fn``.
 
     Gradients are taken w.r.t. ``state.params`` only (``frozen`` and ``state.model_state``
@@ -126,18 +124,12 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
     rather than ``optax.apply_if_finite`` because that checks the gradients only and, after
     its limit, applies the bad update instead of stopping.
 
-    The state is donated, and the update is written in place (train/profile.py
-    ``copied_donated_arrays`` lists what is not). ``nonfinite_skip`` (``config.nonfinite_skip``)
-    says how a skipped step keeps the old state. ``"cond"`` runs the optimizer update in a
-    conditional; only the taken branch runs. ``"select"`` always runs it and keeps old or new
-    per array with a select. Each moment's select then reads the old value where nothing
-    orders that read before the update's write into the same donated buffer, so XLA copies
-    every moment first (324 arrays a step in the mini align step, 1220 in the 7B one). It is
-    kept for comparison on a backend where a conditional costs more: XLA:GPU reads the
-    predicate on the host.
+    The state is donated and updated in place: the skip is a ``lax.cond`` around the optimizer
+    update (only the taken branch runs). A ``where(finite, new, old)`` per array instead would
+    read each old value where nothing orders that read before the update's write into the
+    same donated buffer, and XLA would copy every parameter and moment first
+    (tests/test_train_loop.py checks the compiled step copies none).
     """
-    if nonfinite_skip not in ("cond", "select"):
-        raise ValueError(f"config.nonfinite_skip={nonfinite_skip!r}: use 'cond' (the default) or 'select'")
 
     def params_loss(params, model_state, frozen, batch, rng):
         loss, aux = loss_fn({"params": params, **model_state}, frozen, batch, rng)
@@ -194,11 +186,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, grad_ac
             return params, opt_state, old_model_state
 
         operand = (state.params, state.opt_state, state.model_state, model_state)
-        if nonfinite_skip == "cond":
-            params, opt_state, model_state = jax.lax.cond(finite, update, skip, operand)
-        else:
-            params, opt_state, model_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old), update(operand), skip(operand))
+        params, opt_state, model_state = jax.lax.cond(finite, update, skip, operand)
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
@@ -264,10 +252,9 @@ def init_train_state(task: tasks.Task, tx, mesh, seed: int):
     return init(), abstract, shardings
 
 
-def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1,
-                   nonfinite_skip: str = "cond"):
+def jit_train_step(task: tasks.Task, tx, schedule, shardings, mesh, grad_accum_steps: int = 1):
     """The donated, sharded step: ``(state, frozen, batch) -> (state, metrics)``."""
-    step = make_train_step(task.loss, tx, schedule, grad_accum_steps, nonfinite_skip)
+    step = make_train_step(task.loss, tx, schedule, grad_accum_steps)
     frozen_shardings = jax.tree.map(lambda x: x.sharding, task.frozen)
     # The batch's shardings are its own: tasks.device_batch lays every [batch, ...] array
     # out with sharding.batch_sharding, so ``None`` (take the argument's) is exact.
@@ -308,10 +295,10 @@ def train(config, workdir: str) -> dict:
 
     # --- Mesh ------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh_shape)
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    n_batch_shards = sharding.batch_shards(mesh)
     if config.batch_size % (n_batch_shards * config.grad_accum_steps):
         raise ValueError(
-            f"config.batch_size={config.batch_size} must be divisible by data*fsdp={n_batch_shards} "
+            f"config.batch_size={config.batch_size} must be divisible by the mesh's batch shards ({n_batch_shards}) "
             f"(mesh {dict(mesh.shape)}) times config.grad_accum_steps={config.grad_accum_steps}")
     log(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
 
@@ -327,7 +314,7 @@ def train(config, workdir: str) -> dict:
     log(f"task {config.task}: {total:,} parameters, {trainable:,} trainable")
 
     # --- Update step -------------------------------------------------------------------
-    step_fn = jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps, config.nonfinite_skip)
+    step_fn = jit_train_step(task, tx, schedule, shardings, mesh, config.grad_accum_steps)
 
     # --- Checkpoint: resume order ------------------------------------------------------
     # 1. this workdir's latest checkpoint (a restart after preemption or a crash),
@@ -432,8 +419,8 @@ def train(config, workdir: str) -> dict:
             if logged:
                 result["train"] = logged
             t0 = time.perf_counter()
-            if table := tracer.after(step, lambda: [c.as_text() for c in compiled.values()], state):
-                log(table)
+            if line := tracer.after(step, state):
+                log(line)
                 writer.exclude(time.perf_counter() - t0)  # writing the trace is not step time
             preempted = watch.reached(step)
             ckpt.save(step, state, step_data_state, force=preempted or step == config.total_steps)

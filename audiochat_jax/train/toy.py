@@ -8,7 +8,6 @@ so the iterator state is one integer and resume is exact.
 """
 from __future__ import annotations
 
-import time
 
 import flax.linen as nn
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.parallel import sharding
 from audiochat_jax.train import tasks
 
@@ -26,7 +25,6 @@ def task_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         in_dim=8, hidden=32, out_dim=4,
         noise=0.01,          # std of the label noise
-        batch_delay_s=0.0,   # host sleep per batch: simulates a slow input pipeline in tests
     ))
 
 
@@ -65,8 +63,6 @@ class ToyData:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.cfg.batch_delay_s:
-            time.sleep(self.cfg.batch_delay_s)
         rng = np.random.default_rng([self.seed, self.stream, self.index])
         self.index += 1
         x = rng.normal(size=(self.batch_size, self.cfg.in_dim)).astype(np.float32)

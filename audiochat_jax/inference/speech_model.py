@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax import model_dir
+from audiochat_jax.models import model_dir
 from audiochat_jax.audio.features import FeatureConfig
 from audiochat_jax.models import long_audio, speech_llm
-from audiochat_jax.models.llama import LlamaConfig
+from audiochat_jax.models.llama import LlamaConfig, compute_dtype
 from audiochat_jax.text.tokenizer import Tokenizer
 
 
@@ -87,7 +87,7 @@ class SpeechModel:
     def _embed_fn(self):
         if not hasattr(self, "_jitted"):
             embedder, feats = self.spec.embedder(), self.features
-            dtype = jnp.dtype(self.llm_config.dtype)
+            dtype = compute_dtype(self.llm_config.dtype)
 
             @jax.jit
             def fn(variables, waves, lengths):
@@ -119,6 +119,36 @@ class SpeechModel:
         out = np.concatenate([np.pad(e, ((0, 0), (0, width - e.shape[1]), (0, 0))) for e in embs])
         return out, np.concatenate(lens)
 
+    @property
+    def can_transcribe(self) -> bool:
+        """The embedder carries the encoder's CTC head and the directory its character vocabulary."""
+        return self.has_audio and self.spec.ctc_head and isinstance(self.meta.get("vocab"), dict)
+
+    def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:
+        """Greedy CTC transcripts from the aligned encoder's own CTC head (what the cascade
+        would read), one wave at a time (the server's use: a few per request)."""
+        from audiochat_jax.models.ctc import greedy_decode
+        from audiochat_jax.text.char_vocab import CharVocab
+        if not self.can_transcribe:
+            raise ValueError("this speech LLM has no CTC head (or no character vocabulary) to transcribe with")
+        if not hasattr(self, "_ctc_fn"):
+            embedder, feats = self.spec.embedder(), self.features
+
+            @jax.jit
+            def fn(variables, waves, lengths):
+                out = speech_llm.embed_audio(embedder, variables, feats, waves, lengths)
+                return out["ctc_logits"], out["frame_lengths"]
+            self._ctc_fn = fn
+        vocab = CharVocab.from_dict(self.meta["vocab"])
+        out = []
+        for w in waves:
+            n = int(math.ceil(max(len(w), 1) / self.bucket_samples) * self.bucket_samples)
+            batch = np.zeros((1, n), np.float32)
+            batch[0, :len(w)] = w
+            logits, lengths = self._ctc_fn(self.variables, jnp.asarray(batch), jnp.asarray([len(w)], np.int32))
+            out.append(vocab.decode(greedy_decode(logits, lengths, vocab.blank_id)[0]))
+        return out
+
     def is_long(self, n_samples: int) -> bool:
         return n_samples > self.chunk_seconds * self.features.sample_rate
 
@@ -134,7 +164,7 @@ class SpeechModel:
         if short:
             e, n = self.embed_audio([waves[i] for i in short])
             rows.update({i: e[k, :n[k]] for k, i in enumerate(short)})
-        dtype = jnp.dtype(self.llm_config.dtype)
+        dtype = compute_dtype(self.llm_config.dtype)
         for i, w in enumerate(waves):
             if i not in rows:
                 rows[i] = long_audio.encode_long(
