@@ -130,8 +130,10 @@ def compiled_step(task, config, mesh, host_batch: dict):
     return run, flops
 
 
-def make_align_step(root: str, batch_size: int, samples: int, host_batch: dict | None = None):
-    """``(run, flops)`` of the real mini align step on ``host_batch`` (default: random)."""
+def make_align_step(root: str, batch_size: int, samples: int, host_batch: dict | None = None,
+                    dtype: str = "float32"):
+    """``(run, flops)`` of the real mini align step on ``host_batch`` (default: random), the
+    frozen LLM and the encoder computing in ``dtype``."""
     from audiochat_jax.parallel import sharding
     from audiochat_jax.train import align, align_configs
     paths = write_mini_models(root)
@@ -139,7 +141,8 @@ def make_align_step(root: str, batch_size: int, samples: int, host_batch: dict |
     config.batch_size, config.total_steps = batch_size, 1000
     config.align.update(llm_dir=paths["llm"], encoder_dir=paths["encoder"], data_dir=root,
                         responses=paths["responses"], max_label_length=LABELS, max_response_length=RESPONSE,
-                        max_prefix_length=PREFIX, max_suffix_length=SUFFIX, ctc_weight=CTC_WEIGHT)
+                        max_prefix_length=PREFIX, max_suffix_length=SUFFIX, ctc_weight=CTC_WEIGHT,
+                        llm_dtype=dtype, encoder_dtype=dtype)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     task = align.align_task(config, mesh)
     batch = host_batch or random_host_batch(batch_size, samples, LABELS, RESPONSE, CTC_LABELS, 300)
@@ -264,6 +267,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seconds", type=float, default=0.0, help="audio per utterance (default: 3 mini, 10 --config)")
     p.add_argument("--llm_layers", type=int, default=0, help="with --config: the LLM's depth (0 = the config's)")
     p.add_argument("--pairs", type=int, default=5, help="interleaved pairs (mini) / timed steps (--config)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="mini: our LLM and encoder compute dtype (PyTorch stays float32)")
     args = p.parse_args(argv)
     before = protocol.load()
     print(protocol.machine_line())
@@ -287,15 +292,17 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as root:
         batch = random_host_batch(batch_size, samples, LABELS, RESPONSE, CTC_LABELS, LLM["vocab_size"])
         t0 = time.perf_counter()
-        ours, flops = make_align_step(root, batch_size, samples, batch)
+        from audiochat_jax.models.llama import auto_compute_dtype
+        dtype = auto_compute_dtype() if args.dtype == "auto" else args.dtype
+        ours, flops = make_align_step(root, batch_size, samples, batch, dtype)
         print(f"ours: built and compiled in {time.perf_counter() - t0:.1f} s; {flops / 1e9:.2f} GFLOP/step in matmuls")
         pairs = protocol.interleave(ours, torch_align_step(batch), args.pairs)
-    print(f"mini align step, batch {batch_size} x {seconds:g} s, float32 on both sides:")
+    print(f"mini align step, batch {batch_size} x {seconds:g} s, ours {dtype}, PyTorch float32:")
     print(pairs.line("align steps/s", 1.0))
     print(f"our step: {statistics.median(pairs.ours) * 1e3:.0f} ms, {flops / statistics.median(pairs.ours) / 1e9:.0f} "
           f"GFLOP/s of matmuls; " + protocol.peaks_line(peaks))
     print(protocol.load_line(before))
-    return {"align_step": pairs, "peaks": peaks}
+    return {"align_step": pairs, "peaks": peaks, "dtype": dtype}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def main(argv=None) -> str:
     res["enc_paper"] = _run("encoder paper", encoder.main, pairs + ["--config", "paper", "--layers", "1" if small else "4",
                                                                     "--batch", "2" if small else "4"], log)
     res["align"] = _run("align step", align_step.main, pairs + (["--batch_size", "4", "--seconds", "2"] if small else []), log)
+    res["align_auto"] = _run("align step, dtype auto", align_step.main,
+                             pairs + ["--dtype", "auto"] + (["--batch_size", "4", "--seconds", "2"] if small else []), log)
     res["input"] = _run("input", input_bench.main, ["--num_batches", "3" if small else "20"], log)
     if os.path.exists(os.path.join(args.ckpt, "config.json")):
         import serve
@@ -88,7 +90,9 @@ def main(argv=None) -> str:
              _row("conformer encoder, paper (4 blocks)", res["enc_paper"]["encoder"], "audio s/s",
                   res["enc_paper"]["audio_seconds"], "f32 both, batch 4, up to 10 s"),
              _row("align train step, mini", res["align"]["align_step"], "steps/s", 1.0,
-                  "f32 both, batch 16 x 3 s, vs eager PyTorch + AdamW")]
+                  "f32 both, batch 16 x 3 s, vs eager PyTorch + AdamW"),
+             _row("align train step, mini, ours `auto`", res["align_auto"]["align_step"], "steps/s", 1.0,
+                  f"ours {res['align_auto']['dtype']} (LLM + encoder), PyTorch f32")]
     lines.append(f"| input pipeline | {res['input']['pipeline']:.0f} ex/s | step consumes {res['input']['consumed']:.0f} "
                  f"ex/s | **{res['input']['pipeline'] / res['input']['consumed']:.1f}x** | vs the align step it feeds |")
     if "serve" in res:

@@ -26,6 +26,9 @@ from audiochat_jax.workflow import layout, stages  # noqa: E402
 # the floor.
 MARGIN = 0.5
 RUN = layout.STAGES
+# The smoke run trains on the world's instruction pool (off in the default mini world), so
+# the pool's path through every stage is exercised too.
+POOL = "--config.pipeline.instruction_pool=true"
 
 
 def _cli(*args, timeout=1200):
@@ -37,7 +40,7 @@ def _cli(*args, timeout=1200):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("mini") / "work")
-    r = _cli("--config", "configs/mini.py:smoke", "--workdir", work)
+    r = _cli("--config", "configs/mini.py:smoke", "--workdir", work, POOL)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return work, r.stdout
 
@@ -88,14 +91,14 @@ def test_study_tabulates_every_metric_per_seed_with_mean_and_sd(smoke_run):
     work, _ = smoke_run
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "audiochat_jax.study", "--config", "configs/mini.py:smoke",
-                        "--workdir", work, "--seeds", "0,1", "--config.align.total_steps=4",
+                        "--workdir", work, "--seeds", "0,1", POOL, "--config.align.total_steps=4",
                         "--config.eval.sweeps=()"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    root = os.path.join(work, "studies", "align-total_steps-4_eval-sweeps-")
+    root = os.path.join(work, "studies", "pipeline-instruction_pool-true_align-total_steps-4_eval-sweeps-")
     with open(os.path.join(root, "study.json")) as f:
         record = json.load(f)
-    assert record["seeds"] == [0, 1] and record["overrides"] == ["--config.align.total_steps=4",
+    assert record["seeds"] == [0, 1] and record["overrides"] == [POOL, "--config.align.total_steps=4",
                                                                  "--config.eval.sweeps=()"]
     qa = record["metrics"]["qa/audio"]
     assert set(qa["seeds"]) == {"0", "1"} and qa["n"] == 2
@@ -117,7 +120,7 @@ def test_study_tabulates_every_metric_per_seed_with_mean_and_sd(smoke_run):
 def test_rerun_skips_every_stage(smoke_run):
     work, _ = smoke_run
     before = {s: os.path.getmtime(os.path.join(work, s, layout.MARKER)) for s in RUN}
-    r = _cli("--config", "configs/mini.py:smoke", "--workdir", work, timeout=300)
+    r = _cli("--config", "configs/mini.py:smoke", "--workdir", work, POOL, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in RUN:
         assert f"{stage}: done already" in r.stdout
