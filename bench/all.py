@@ -1,6 +1,6 @@
 """Every bench, one after the other, and the markdown table docs/performance.md shows.
 
-    python bench/all.py                          # ~12 min on 2 cores
+    python bench/all.py                          # ~6 min on 2 cores
     python bench/all.py --out bench_table.md --quick
 
 Runs (each interleaves ours and its peer in one process: bench/protocol.py) LLM prefill and

@@ -7,7 +7,6 @@ packs padded batches through models.speech_llm.splice. Same weights, float32: 1e
 import numpy as np
 import pytest
 
-import jax
 import jax.numpy as jnp
 
 from eval_fixtures import make_speech_llm, make_world

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from align_fixtures import make_world, world_flags
+from align_fixtures import make_world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")

@@ -1,7 +1,6 @@
 """TFDS builders on miniature LibriSpeech / MLS / manifest trees in the real layouts: every
 good utterance comes back bit-exact, every planted bad file is skipped, logged and counted,
 and the Beam (DirectRunner) build writes the same examples as the plain one."""
-import os
 
 import numpy as np
 import pytest
