@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,6 @@ def main(argv=None) -> dict:
             print(pairs.line(f"{name} jax {short} vs torch f32", work=flops / 1e9, unit=" GF/s"))
         if m == 1:  # bytes, not FLOPs, bound a matrix-vector product
             gbs = 4 * k * n * args.reps / 1e9
-            import statistics
             print(f"{'':24s} float32 weights read at: jax {gbs / statistics.median(row['f32'].ours):.1f} GB/s, "
                   f"torch {gbs / statistics.median(row['f32'].peer):.1f} GB/s")
         out[name] = row
