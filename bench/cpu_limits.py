@@ -1,19 +1,21 @@
 """What bounds the CPU ratios: single ops at the models' own shapes, jitted JAX against the
 same op in PyTorch, interleaved in one process, beside this machine's memory bandwidth.
 
-    python bench/cpu_limits.py            # ~1 min on 2 cores
+    python bench/cpu_limits.py            # ~2 min on 2 cores
 
 * **bfloat16 dots**: XLA:CPU runs a bfloat16 dot on its bf16 kernels only when the result
   is float32 (``preferred_element_type``); with a bfloat16 result it is a generic loop
-  (the ``bf16->bf16`` rows), which is why models/llama.py casts the float32 result.
-* **Prefill** is a chain of dots of 256 rows (the prompt) against the layer weights: a dot
-  of [256, 1024] x [1024, 2816] reaches a fraction of the 2048^3 peak in either framework,
-  which bounds the model's GFLOP/s (bench/llm.py prints them).
+  (the ``bf16->bf16`` rows), which is why models/precision.py casts the float32 result.
+* **Prefill** is a chain of dots of 256 rows (the prompt) against the layer weights; compare
+  their rate with the model's (bench/llm.py prints it) to see how much of a layer is not
+  matmul.
 * **Decode** is a matrix-vector product per weight: every weight byte is read once per
   token, so tokens/s is bounded by memory bandwidth / model bytes in both frameworks; the
-  bench measures a float32 matrix-vector product's GB/s against a plain array copy's.
-* **Mini shapes** (d=128-576, the mini align step and conformer): dots this small run far
-  below the peak in both frameworks, so the two sit together.
+  bench prints a float32 matrix-vector product's GB/s beside a plain array copy's.
+* **Mini shapes** (d=128-576, the mini align step and conformer): small dots, where the
+  float32 rates of the two frameworks and the cost of casting to bfloat16 decide the step.
+
+docs/performance.md ("What limits the CPU") has one run's table and what it implies.
 """
 from __future__ import annotations
 

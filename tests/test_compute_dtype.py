@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiochat_jax.models import llama
+from audiochat_jax.models import llama, precision
 from audiochat_jax.models.llama import Llama, LlamaConfig, auto_compute_dtype, compute_dtype
 from llama_fixtures import random_llama_params
 
@@ -53,10 +53,10 @@ def test_a_forced_dtype_is_used_whatever_auto_would_pick(monkeypatch, forced):
 
 def test_cpu_bf16_dot_takes_the_float32_result_form_with_the_same_numbers():
     rng = np.random.default_rng(0)
-    rows = llama.SMALL_ROWS + 16  # a matrix-matrix product: the bfloat16 kernel's form
+    rows = precision.SMALL_ROWS + 16  # a matrix-matrix product: the bfloat16 kernel's form
     x = jnp.asarray(rng.standard_normal((2, rows // 2, 32)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((32, 48)), jnp.float32)
-    f = jax.jit(lambda x, w: llama._dot("bld,df->blf", x, w, jnp.bfloat16))
+    f = jax.jit(lambda x, w: precision.einsum("bld,df->blf", x, w, jnp.bfloat16))
     dots = [line for line in f.lower(x, w).as_text().splitlines() if "dot_general" in line]
     assert len(dots) == 1 and f"xbf16>, tensor<32x48xbf16>) -> tensor<2x{rows // 2}x48xf32>" in dots[0], dots
     got = f(x, w)
@@ -71,7 +71,7 @@ def test_cpu_bf16_dot_with_few_rows_runs_in_float32_on_the_weights_as_stored():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 5, 32)), jnp.float32)  # 15 rows: a decoding step
     w = jnp.asarray(rng.standard_normal((32, 48)), jnp.bfloat16)  # weights stored in bfloat16
-    f = jax.jit(lambda x, w: llama._dot("bld,df->blf", x, w, jnp.bfloat16))
+    f = jax.jit(lambda x, w: precision.einsum("bld,df->blf", x, w, jnp.bfloat16))
     dots = [line for line in f.lower(x, w).as_text().splitlines() if "dot_general" in line]
     assert len(dots) == 1 and "(tensor<3x5x32xf32>, tensor<32x48xf32>) -> tensor<3x5x48xf32>" in dots[0], dots
     got = f(x, w)

@@ -364,3 +364,31 @@ def test_depthwise_subsampling_conv_equals_grouped_conv_and_its_sharded_gradient
                                      jax.device_put(lengths, sharding.batch_sharding(mesh, 1)))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(jax.device_get(g8))):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4 * float(np.abs(a).max()))
+
+
+def test_bf16_encoder_on_cpu_takes_the_float32_result_dots_and_tracks_float32():
+    """XLA:CPU runs a bfloat16-result dot as a slow generic loop; every bf16 product of the
+    blocks (linears, projections, attention) must give float32 (models/precision.py) and the
+    bf16 encoder must stay within bfloat16 rounding of the float32 one."""
+    import re
+    cfg32 = tiny()
+    cfg16 = tiny(dtype="bfloat16")
+    variables = random_variables(cfg32, ctc_head=False)
+    rng = np.random.default_rng(3)
+    # 160 frames -> 40 per row after 4x subsampling: 80 rows, above precision.SMALL_ROWS.
+    x, lengths = jnp.asarray(rng.standard_normal((2, 160, 16)), jnp.float32), jnp.array([160, 100])
+    f16 = jax.jit(ConformerEncoder(cfg16).apply)
+    text = f16.lower(variables, x, lengths).as_text()
+    dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", text)
+    bf16_in = [d for d in dots if d[0].endswith("xbf16>") and d[1].endswith("xbf16>")]
+    # Per block: 2 + 2 feed-forward linears, 2 pointwise convs, q/k/v/pos/out projections,
+    # 3 attention products; plus the subsampling's output linear.
+    assert len(bf16_in) == cfg16.n_layers * 14 + 1, dots
+    assert all(d[2].endswith("xf32>") for d in bf16_in), bf16_in
+    got, got_len = f16(variables, x, lengths)
+    want, want_len = jax.jit(ConformerEncoder(cfg32).apply)(variables, x, lengths)
+    assert got.dtype == jnp.bfloat16 and np.array_equal(got_len, want_len)
+    # Layer-normed outputs of 2 blocks computed in bfloat16 (8 mantissa bits) throughout.
+    valid = np.arange(got.shape[1])[None, :] < np.asarray(got_len)[:, None]
+    err = np.abs(np.asarray(got, np.float32) - np.asarray(want))[valid]
+    assert err.max() < 0.15 and err.mean() < 0.02, (err.max(), err.mean())

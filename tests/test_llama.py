@@ -125,8 +125,8 @@ def test_bf16_backward_keeps_weight_matmuls_in_bf16_and_matches_float32(tiny_par
     float32, so its matmuls ran in float32 on converted weights (on an H100: 440 vs 312 ms for
     the 7B step at batch 16). XLA:CPU gets the float32-result form (tests/test_compute_dtype.py)."""
     import re
-    from audiochat_jax.models import llama
-    monkeypatch.setattr(llama, "_float32_result_dots", lambda: False)  # the accelerator form
+    from audiochat_jax.models import precision
+    monkeypatch.setattr(precision, "float32_result_dots", lambda: False)  # the accelerator form
     cfg = TINY.replace(dtype="bfloat16", scan_layers=True, remat_policy="dots_no_batch")
     params = stack_layer_params(tiny_params, TINY.n_layers)
     mask, pos = np.ones((2, 6), bool), np.tile(np.arange(6, dtype=np.int32), (2, 1))

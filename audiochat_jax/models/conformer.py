@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiochat_jax.models import model_dir
-from audiochat_jax.models import layer_stack
+from audiochat_jax.models import layer_stack, precision
 from audiochat_jax.models.depthwise_conv import DepthwiseConv
 from audiochat_jax.util.config_fields import DictConfig
 
@@ -165,6 +165,12 @@ def _dtypes(cfg: ConformerConfig) -> dict:
     return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
+def _dense(cfg: ConformerConfig, features: int, name: str, names, bias_names, use_bias: bool = True) -> nn.Dense:
+    """A Linear whose product takes this backend's fast bfloat16 form (models/precision.py)."""
+    return nn.Dense(features, use_bias=use_bias, name=name, kernel_init=_kernel(names),
+                    bias_init=_zeros(bias_names), dot_general=precision.dot_general, **_dtypes(cfg))
+
+
 def _layer_norm(cfg: ConformerConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=cfg.norm_eps, scale_init=_ones(("norm",)), bias_init=_zeros(("norm",)),
                         name=name, **_dtypes(cfg))
@@ -214,8 +220,7 @@ class ConvSubsampling(nn.Module):
         # Flatten channel-major (torch's [batch, time, channels, mel'] order) so the Linear's
         # input layout is the checkpoints' one.
         x = x.transpose(0, 1, 3, 2).reshape(b, t, ch * f)
-        x = nn.Dense(cfg.d_model, name="out", kernel_init=_kernel(("conv_out", "embed")),
-                     bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+        x = _dense(cfg, cfg.d_model, "out", ("conv_out", "embed"), ("norm",))(x)
         return x, lengths
 
 
@@ -227,12 +232,10 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        x = nn.Dense(cfg.ffn_dim, use_bias=cfg.use_bias, name="linear1", kernel_init=_kernel(("embed", "mlp")),
-                     bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
+        x = _dense(cfg, cfg.ffn_dim, "linear1", ("embed", "mlp"), ("mlp",), cfg.use_bias)(x)
         x = nn.with_logical_constraint(nn.swish(x), ("batch", "length", "act_mlp"))
         x = nn.Dropout(cfg.dropout)(x, deterministic=self.deterministic)
-        return nn.Dense(cfg.d_model, use_bias=cfg.use_bias, name="linear2", kernel_init=_kernel(("mlp", "embed")),
-                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+        return _dense(cfg, cfg.d_model, "linear2", ("mlp", "embed"), ("norm",), cfg.use_bias)(x)
 
 
 def _rel_shift(scores: jax.Array) -> jax.Array:
@@ -267,11 +270,11 @@ class HeadProjection(nn.Module):
         if self.merge:
             d = h * dk
             kernel = self.param("kernel", _kernel(("heads", "kv", "embed")), (h, dk, d), self.param_dtype)
-            y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
+            y = precision.einsum("...hd,hde->...e", x, kernel, self.dtype)
             bias_shape, bias_names = (d,), ("norm",)
         else:
             kernel = self.param("kernel", _kernel(("embed", "heads", "kv")), (x.shape[-1], h, dk), self.param_dtype)
-            y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+            y = precision.einsum("...e,ehd->...hd", x, kernel, self.dtype)
             bias_shape, bias_names = (h, dk), ("heads", "kv")
         if self.use_bias:
             y = y + self.param("bias", _zeros(bias_names), bias_shape, self.param_dtype).astype(self.dtype)
@@ -302,14 +305,14 @@ class RelPositionSelfAttention(nn.Module):
         pos_bias_u = self.param("pos_bias_u", _zeros(("heads", "kv")), (h, dk), jnp.dtype(cfg.param_dtype))
         pos_bias_v = self.param("pos_bias_v", _zeros(("heads", "kv")), (h, dk), jnp.dtype(cfg.param_dtype))
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
-        content = jnp.einsum("bthd,bshd->bhts", q + pos_bias_u.astype(q.dtype), k)
-        position = _rel_shift(jnp.einsum("bthd,phd->bhtp", q + pos_bias_v.astype(q.dtype), p))
+        content = precision.einsum("bthd,bshd->bhts", q + pos_bias_u.astype(q.dtype), k, dtype)
+        position = _rel_shift(precision.einsum("bthd,phd->bhtp", q + pos_bias_v.astype(q.dtype), p, dtype))
         # Softmax in at least float32 (bf16 compute would lose the small logits).
         scores = (content + position).astype(jnp.promote_types(content.dtype, jnp.float32)) / math.sqrt(dk)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
-        out = jnp.einsum("bhts,bshd->bthd", probs, v)
+        out = precision.einsum("bhts,bshd->bthd", probs, v, dtype)
         # A padded query has no valid keys of its own meaning; zero it (NeMo does the same).
         out = jnp.where(mask[:, :, None, None], out, 0)
         return HeadProjection(h, dk, cfg.use_bias, dtype, pdtype, merge=True, name="linear_out")(out)
@@ -325,8 +328,7 @@ class ConvModule(nn.Module):
         """x [batch, T, d_model], mask [batch, T] bool -> [batch, T, d_model]."""
         cfg = self.config
         d, kk = cfg.d_model, cfg.conv_kernel_size
-        x = nn.Dense(2 * d, use_bias=cfg.conv_bias, name="pointwise_conv1", kernel_init=_kernel(("embed", "mlp")),
-                     bias_init=_zeros(("mlp",)), **_dtypes(cfg))(x)
+        x = _dense(cfg, 2 * d, "pointwise_conv1", ("embed", "mlp"), ("mlp",), cfg.conv_bias)(x)
         x = nn.glu(x, axis=-1)
         # Padded frames must not enter the depthwise conv's window of valid frames.
         x = jnp.where(mask[..., None], x, 0)
@@ -340,8 +342,7 @@ class ConvModule(nn.Module):
         else:
             x = _layer_norm(cfg, "batch_norm")(x)  # NeMo keeps the name for either norm
         x = nn.swish(x)
-        return nn.Dense(d, use_bias=cfg.conv_bias, name="pointwise_conv2", kernel_init=_kernel(("mlp", "embed")),
-                        bias_init=_zeros(("norm",)), **_dtypes(cfg))(x)
+        return _dense(cfg, d, "pointwise_conv2", ("mlp", "embed"), ("norm",), cfg.conv_bias)(x)
 
 
 class ConformerBlock(nn.Module):

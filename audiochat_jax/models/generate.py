@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax.models.llama import Llama, LlamaConfig, _float32_result_dots, compute_dtype, init_cache
+from audiochat_jax.models import precision
+from audiochat_jax.models.llama import Llama, LlamaConfig, compute_dtype, init_cache
 
 
 def cast_for_inference(params, config: LlamaConfig):
@@ -25,11 +26,11 @@ def cast_for_inference(params, config: LlamaConfig):
     The model casts each kernel to the compute dtype at every use anyway; doing it once up
     front gives identical numbers and keeps the loop from re-reading float32 weights per
     token. Norm scales (1-D) keep their dtype, exactly as in the model. On XLA:CPU the
-    weights stay as stored: its decode products run in float32 (models/llama.py ``_dot``),
+    weights stay as stored: its decode products run in float32 (models/precision.py),
     and bfloat16 copies would be converted back on every token.
     """
     dtype = compute_dtype(config.dtype)
-    if dtype == jnp.bfloat16 and _float32_result_dots():
+    if dtype == jnp.bfloat16 and precision.float32_result_dots():
         return params
     return jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,

@@ -25,9 +25,9 @@ Packed rows (several sequences per row, training only) add ``segment_ids``: atte
 inside each segment, and positions restart at 0 in each.
 
 Dot products take their inputs in the compute dtype and give their result in it; inside, the
-matrix units (and XLA:CPU) accumulate in float32. On CPU bfloat16 is twice as fast as float32
-(see ENV-NOTES). The backward's dots stay in the compute dtype too (``_dot``). Norms, rotary
-phases, the softmax and the logits are float32.
+matrix units (and XLA:CPU) accumulate in float32; each backend gets its fast form of a
+bfloat16 product (models/precision.py). The backward's dots stay in the compute dtype too.
+Norms, rotary phases, the softmax and the logits are float32.
 
 KV cache (``decode=True``): an explicit pytree from ``init_cache``; each call writes its keys
 and values at ``cache["index"]`` and returns the updated cache. The cache carries its own
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiochat_jax.models import layer_stack
+from audiochat_jax.models import layer_stack, precision
 from audiochat_jax.util.config_fields import DictConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -155,36 +155,6 @@ LLAMA2_SIZES = {
 }
 
 
-def _dot(eq: str, x, w, dtype):
-    """einsum with inputs and result in ``dtype``; a bfloat16 dot accumulates in float32 and
-    rounds once.
-
-    On accelerators the result is bfloat16 itself, not ``preferred_element_type=float32`` then
-    a cast: the cast's transpose makes the backward's cotangent float32, and its dots then run
-    in float32 on the bfloat16 weights converted every step (an H100 7B align step at batch 16:
-    440 ms that way, 312 ms this way). XLA:CPU is the other way round: it runs a dot with a
-    bfloat16 result as a generic loop at float32 speed or below, and one with a float32 result
-    on its bfloat16 kernels, 4-6x faster (bench/llm.py prints the model's bf16 and f32 rates),
-    so there the float32 result is cast. A product with few rows (decoding: one token a row)
-    is a matrix-vector product, which XLA:CPU has no bfloat16 kernel for: it converts the whole
-    weight to float32 on every call (the LM head's 32000 x 1024 took 89 ms of a 617 ms
-    prefill), so on the CPU those run in float32 on the weights as stored."""
-    if dtype == jnp.bfloat16 and _float32_result_dots():
-        if math.prod(x.shape[:-1]) <= SMALL_ROWS:
-            return jnp.einsum(eq, x.astype(jnp.float32), w.astype(jnp.float32)).astype(dtype)
-        return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
-    return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
-
-
-# Rows at or below which a CPU product with bfloat16 compute runs in float32 (see ``_dot``).
-SMALL_ROWS = 64
-
-
-def _float32_result_dots() -> bool:
-    """Whether bfloat16 dots should produce float32 (then cast): on XLA:CPU (see ``_dot``)."""
-    return jax.default_backend() == "cpu"
-
-
 def _kernel(module: nn.Module, name: str, shape, names, cfg: LlamaConfig):
     init = nn.initializers.normal(0.02)  # transformers' initializer_range
     return module.param(name, nn.with_logical_partitioning(init, names), shape,
@@ -239,9 +209,9 @@ class Attention(nn.Module):
         wv = _kernel(self, "v", (d, kvh, hd), ("embed", "kv_heads", "kv"), cfg)
         wo = _kernel(self, "o", (h, hd, d), ("heads", "kv", "embed"), cfg)
 
-        q = _dot("bld,dhk->blhk", x, wq, dtype)
-        k = _dot("bld,dhk->blhk", x, wk, dtype)
-        v = _dot("bld,dhk->blhk", x, wv, dtype)
+        q = precision.einsum("bld,dhk->blhk", x, wq, dtype)
+        k = precision.einsum("bld,dhk->blhk", x, wk, dtype)
+        v = precision.einsum("bld,dhk->blhk", x, wv, dtype)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "act_kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "act_kv_heads", "act_kv"))
@@ -257,7 +227,7 @@ class Attention(nn.Module):
             q, k.astype(dtype), v.astype(dtype), mask=attn_mask, scale=1.0 / float(np.sqrt(hd)),
             implementation=ATTENTION_IMPLS[cfg.attention_impl])
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "act_kv"))
-        return _dot("blhk,hkd->bld", out, wo, dtype), layer_cache
+        return precision.einsum("blhk,hkd->bld", out, wo, dtype), layer_cache
 
 
 class MLP(nn.Module):
@@ -271,9 +241,10 @@ class MLP(nn.Module):
         gate = _kernel(self, "gate", (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
         up = _kernel(self, "up", (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
         down = _kernel(self, "down", (cfg.ffn_dim, cfg.dim), ("mlp", "embed"), cfg)
-        hidden = nn.silu(_dot("bld,df->blf", x, gate, dtype)) * _dot("bld,df->blf", x, up, dtype)
+        hidden = (nn.silu(precision.einsum("bld,df->blf", x, gate, dtype))
+                  * precision.einsum("bld,df->blf", x, up, dtype))
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
-        return _dot("blf,fd->bld", hidden, down, dtype)
+        return precision.einsum("blf,fd->bld", hidden, down, dtype)
 
 
 class Block(nn.Module):
@@ -351,8 +322,9 @@ class Llama(nn.Module):
     def logits(self, hidden):
         """LM head: hidden [batch, length, dim] -> logits [batch, length, vocab] float32."""
         dtype = compute_dtype(self.config.dtype)
-        if dtype == jnp.bfloat16 and _float32_result_dots() and math.prod(hidden.shape[:-1]) <= SMALL_ROWS:
-            dtype = jnp.float32  # a CPU matrix-vector product: see ``_dot``
+        if (dtype == jnp.bfloat16 and precision.float32_result_dots()
+                and math.prod(hidden.shape[:-1]) <= precision.SMALL_ROWS):
+            dtype = jnp.float32  # a CPU matrix-vector product: models/precision.py
         if self.config.tie_embeddings:
             out = jnp.einsum("bld,vd->blv", hidden.astype(dtype), self.embedding.astype(dtype),
                              preferred_element_type=jnp.float32)
