@@ -1,5 +1,6 @@
 """Conformer model behaviour: lengths, padding independence, batch-norm masking, remat,
-scanned blocks, sharding names, CTC loss vs torch, greedy decoding, a CTC overfit, the CTC vocabulary."""
+scanned blocks, sharding names, CTC loss vs torch, greedy decoding, a CTC overfit, the CTC vocabulary,
+the bfloat16 encoder's fast CPU form."""
 import itertools
 
 import flax.linen as nn
@@ -388,7 +389,8 @@ def test_bf16_encoder_on_cpu_takes_the_float32_result_dots_and_tracks_float32():
     got, got_len = f16(variables, x, lengths)
     want, want_len = jax.jit(ConformerEncoder(cfg32).apply)(variables, x, lengths)
     assert got.dtype == jnp.bfloat16 and np.array_equal(got_len, want_len)
-    # Layer-normed outputs of 2 blocks computed in bfloat16 (8 mantissa bits) throughout.
+    # Layer-normed outputs (unit scale) of 2 blocks computed in bfloat16 (8 mantissa bits):
+    # measured max 0.032, mean 0.0048 against float32; the bounds allow 2.5x that.
     valid = np.arange(got.shape[1])[None, :] < np.asarray(got_len)[:, None]
     err = np.abs(np.asarray(got, np.float32) - np.asarray(want))[valid]
-    assert err.max() < 0.15 and err.mean() < 0.02, (err.max(), err.mean())
+    assert err.max() < 0.08 and err.mean() < 0.012, (err.max(), err.mean())
