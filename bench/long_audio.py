@@ -2,23 +2,23 @@
 whole recording in one call, measured in the same run; prints a table and whole/windowed ratios.
 
     python bench/long_audio.py                                  # 30 s .. 10 min, mini conformer
-    python bench/long_audio.py --lengths 5,10 --chunk-seconds 4 # a quick check
-    python bench/long_audio.py --model-dir work/mini/align/model  # an exported speech_llm
+    python bench/long_audio.py --lengths 5,10 --chunk_seconds 4 --overlap_seconds 1  # a quick check
+    python bench/long_audio.py --model_dir work/mini/align/model  # an exported speech_llm
 
 Model: configs/conformer_mini.py's encoder (d=144, 4 blocks, 4x subsampling) + an MLP projector
 (stack 2 -> 128, the mini LLM's width) with random parameters, or the embedder of a
 ``speech_llm`` directory. Audio: deterministic noise-modulated tones (content does not change
 memory or time; it does change the deviation column only through the random model).
 
-Per length and mode (``whole`` | ``windowed``), each in its own subprocess (``--in-process``
+Per length and mode (``whole`` | ``windowed``), each in its own subprocess (``--in_process``
 runs them here instead, without RSS):
 * ``exec MB``: the compiled executables' ``memory_analysis()`` (temp + arguments + outputs);
   windowed = the larger of its log-mel executable (grows linearly with length) and its
-  per-window executable (fixed by ``--chunk-seconds``);
+  per-window executable (fixed by ``--chunk_seconds``);
 * ``peak RSS MB``: the subprocess's ``ru_maxrss`` minus its RSS after setup (imports, params);
   it includes XLA's compilation of the executables, which is itself large for long inputs;
 * ``run s``: median wall time of ``--iters`` encodings after a warm-up (compile excluded).
-Whole-recording runs above ``--max-whole-seconds`` are compiled only (their memory analysis is
+Whole-recording runs above ``--max_whole_seconds`` are compiled only (their memory analysis is
 exact without allocating); a run that fails (out of memory, killed) is reported as such.
 ``dev`` is max |windowed - whole| / max |whole| over the embeddings when both ran: the
 approximation error of windows for this (global-attention) encoder.
@@ -143,9 +143,9 @@ def measure(mode: str, seconds: float, args, save: str | None) -> dict:
 
 def in_subprocess(mode: str, seconds: float, args, save: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{mode}:{seconds}", "--save", save,
-           "--chunk-seconds", str(args.chunk_seconds), "--overlap-seconds", str(args.overlap_seconds),
-           "--batch-windows", str(args.batch_windows), "--iters", str(args.iters),
-           "--max-whole-seconds", str(args.max_whole_seconds)] + (["--model-dir", args.model_dir]
+           "--chunk_seconds", str(args.chunk_seconds), "--overlap_seconds", str(args.overlap_seconds),
+           "--batch_windows", str(args.batch_windows), "--iters", str(args.iters),
+           "--max_whole_seconds", str(args.max_whole_seconds)] + (["--model_dir", args.model_dir]
                                                                  if args.model_dir else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -165,18 +165,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="30,60,120,300,600", help="audio lengths in seconds, comma-separated")
-    parser.add_argument("--chunk-seconds", type=float, default=30.0)
-    parser.add_argument("--overlap-seconds", type=float, default=4.0)
-    parser.add_argument("--batch-windows", type=int, default=1)
+    parser.add_argument("--chunk_seconds", type=float, default=30.0)
+    parser.add_argument("--overlap_seconds", type=float, default=4.0)
+    parser.add_argument("--batch_windows", type=int, default=1)
     parser.add_argument("--iters", type=int, default=1, help="timed encodings per length (median)")
-    parser.add_argument("--max-whole-seconds", type=float, default=300.0,
+    parser.add_argument("--max_whole_seconds", type=float, default=300.0,
                         help="longer whole-recording runs are compiled (memory analysis) but not run")
-    parser.add_argument("--model-dir", default="", help="a speech_llm directory (default: random mini conformer)")
-    parser.add_argument("--in-process", action="store_true", help="no subprocesses (and so no per-length RSS)")
+    parser.add_argument("--model_dir", default="", help="a speech_llm directory (default: random mini conformer)")
+    parser.add_argument("--in_process", action="store_true", help="no subprocesses (and so no per-length RSS)")
     parser.add_argument("--json", default="", help="also write the rows here")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.chunk_seconds <= args.overlap_seconds:
+        parser.error("need --chunk_seconds > --overlap_seconds (a window must hold more than its overlap)")
 
     if args.worker:  # one measurement, reported as a JSON line
         mode, seconds = args.worker.split(":")
